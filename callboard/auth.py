@@ -1,0 +1,87 @@
+"""Bearer tokens: HS256 JWTs with `sub`, `role`, `exp` and optional `queues`/`teams` scopes."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+
+import jwt
+
+ROLES = ("agent", "supervisor", "wallboard")
+_TTL_RE = re.compile(r"^(\d+)([smhd]?)$")
+_TTL_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class TokenError(Exception):
+    """A token that is missing, malformed, forged or expired. The message is safe to show."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claims:
+    sub: str
+    role: str
+    exp: int
+    queues: tuple[str, ...] | None = None
+    teams: tuple[str, ...] | None = None
+
+
+def parse_ttl(text: str) -> int:
+    """'12h' -> 43200 seconds; accepts s, m, h, d or a bare number of seconds."""
+    match = _TTL_RE.match(text.strip())
+    if not match or int(match.group(1)) <= 0:
+        raise ValueError(f"bad TTL {text!r}: use a positive number with s, m, h or d, e.g. 12h")
+    return int(match.group(1)) * _TTL_UNIT_S[match.group(2)]
+
+
+def issue_token(
+    secret: str,
+    sub: str,
+    role: str,
+    ttl_s: int = 12 * 3600,
+    *,
+    queues: list[str] | None = None,
+    teams: list[str] | None = None,
+    now_s: float | None = None,
+) -> str:
+    """Sign a token for `sub` in `role`, valid for `ttl_s` seconds."""
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}: use one of {', '.join(ROLES)}")
+    if not sub:
+        raise ValueError("the token subject must not be empty")
+    now = time.time() if now_s is None else now_s
+    payload: dict[str, object] = {"sub": sub, "role": role, "exp": int(now + ttl_s), "iat": int(now)}
+    if queues:
+        payload["queues"] = list(queues)
+    if teams:
+        payload["teams"] = list(teams)
+    return jwt.encode(payload, secret, algorithm="HS256")
+
+
+def verify_token(secret: str, token: object) -> Claims:
+    """Check signature, expiry and shape; raise TokenError with an English reason."""
+    if not isinstance(token, str) or not token:
+        raise TokenError("missing token")
+    try:
+        payload = jwt.decode(token, secret, algorithms=["HS256"], options={"require": ["sub", "exp"]})
+    except jwt.ExpiredSignatureError:
+        raise TokenError("token expired") from None
+    except jwt.InvalidTokenError:
+        raise TokenError("invalid token") from None
+    role = payload.get("role")
+    sub = payload.get("sub")
+    if role not in ROLES or not isinstance(sub, str) or not sub:
+        raise TokenError("invalid token")
+    return Claims(
+        sub=sub,
+        role=role,
+        exp=int(payload["exp"]),
+        queues=_str_tuple(payload.get("queues")),
+        teams=_str_tuple(payload.get("teams")),
+    )
+
+
+def _str_tuple(value: object) -> tuple[str, ...] | None:
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    return None

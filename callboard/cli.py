@@ -1,0 +1,232 @@
+"""The `callboard` command: serve, demo, simulate, token."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from callboard.auth import ROLES, issue_token, parse_ttl
+from callboard.config import Config, ConfigError, load_config
+
+log = logging.getLogger("callboard")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    return args.func(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="callboard", description="Real-time presence and wallboard for Twilio contact centers")
+    sub = parser.add_subparsers(dest="command")
+
+    serve = sub.add_parser("serve", help="run the service")
+    _server_args(serve)
+    serve.add_argument("--insecure-dev", action="store_true",
+                       help="accept unsigned Twilio webhooks (development only; never in production)")
+    serve.set_defaults(func=_cmd_serve)
+
+    demo = sub.add_parser("demo", help="embedded Redis + the service + a simulated center, in one command")
+    _server_args(demo)
+    from callboard import simulate
+
+    simulate.add_arguments(demo)
+    demo.set_defaults(func=_cmd_demo)
+
+    sim = sub.add_parser("simulate", help="drive a running callboard like Twilio and softphones would")
+    simulate.add_arguments(sim)
+    sim.add_argument("--config", help="the center's TOML config (default: CALLBOARD_CONFIG, ./callboard.toml, or the demo)")
+    sim.add_argument("--public-url", help="the URL the server checks signatures against (default: --url)")
+    sim.set_defaults(func=_cmd_simulate)
+
+    token = sub.add_parser("token", help="print a bearer token")
+    token.add_argument("sub", help="agent id, or a name for supervisor/wallboard tokens")
+    token.add_argument("--role", required=True, choices=ROLES)
+    token.add_argument("--ttl", default="12h", help="lifetime, e.g. 30m, 12h, 7d (default 12h)")
+    token.add_argument("--queues", help="comma-separated queues a wallboard/supervisor token may see")
+    token.add_argument("--teams", help="comma-separated teams a wallboard/supervisor token may see")
+    token.set_defaults(func=_cmd_token)
+    return parser
+
+
+def _server_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="the center's TOML config (default: CALLBOARD_CONFIG, ./callboard.toml, or the demo)")
+    p.add_argument("--host", help="bind address (default: HOST or 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default: PORT or 8080)")
+    p.add_argument("--log-format", choices=("text", "json"), default="text")
+
+
+def _config_path(arg: str | None) -> str | None:
+    import os
+
+    if arg:
+        return arg
+    if os.environ.get("CALLBOARD_CONFIG"):
+        return os.environ["CALLBOARD_CONFIG"]
+    return "callboard.toml" if Path("callboard.toml").exists() else None
+
+
+def _load_config_or_exit(arg: str | None) -> Config:
+    try:
+        return load_config(_config_path(arg))
+    except ConfigError as exc:
+        print(f"callboard: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _cmd_token(args: argparse.Namespace) -> int:
+    from callboard.app import Settings, load_or_create_secret
+
+    settings = Settings.from_env()
+    secret = settings.secret
+    if not secret:
+        secret, created = load_or_create_secret(settings.data_dir)
+        if created:
+            print(f"callboard: generated a new secret in {settings.data_dir / 'secret'}", file=sys.stderr)
+    try:
+        ttl = parse_ttl(args.ttl)
+        print(issue_token(secret, args.sub, args.role, ttl, queues=_csv(args.queues), teams=_csv(args.teams)))
+    except ValueError as exc:
+        print(f"callboard: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _csv(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    return asyncio.run(_serve(args, demo=False))
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    return asyncio.run(_serve(args, demo=True))
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from callboard import simulate
+    from callboard.app import Settings, load_or_create_secret
+
+    config = _load_config_or_exit(args.config)
+    settings = Settings.from_env()
+    secret = settings.secret or load_or_create_secret(settings.data_dir)[0]
+    twilio_token = settings.twilio_auth_token or load_or_create_secret(settings.data_dir, "twilio-dev-token")[0]
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    opts = simulate.options_from_args(args, config=config, secret=secret, twilio_auth_token=twilio_token,
+                                      public_url=args.public_url)
+    report = asyncio.run(simulate.run_simulation(opts))
+    print(simulate.format_report(report))
+    return 0
+
+
+async def _serve(args: argparse.Namespace, *, demo: bool) -> int:
+    from callboard.app import Settings, build_app, load_or_create_secret, redis_client
+    from callboard.embedded import EmbeddedRedis, EmbeddedRedisError
+    from callboard.logs import AccessLogger, setup_logging
+
+    config = _load_config_or_exit(args.config)
+    settings = Settings.from_env(host=args.host, port=args.port, insecure_dev=getattr(args, "insecure_dev", None))
+    notes: list[str] = []
+    if not settings.secret:
+        secret, created = load_or_create_secret(settings.data_dir)
+        settings = _replace(settings, secret=secret)
+        notes.append(("generated a new token secret" if created else "using the token secret") +
+                     f" in {settings.data_dir / 'secret'} (set CALLBOARD_SECRET to choose one)")
+    if demo and not settings.twilio_auth_token:
+        token, _ = load_or_create_secret(settings.data_dir, "twilio-dev-token")
+        settings = _replace(settings, twilio_auth_token=token)
+        notes.append("demo: Twilio webhooks are signed with a generated dev token")
+    if demo and not settings.public_url:
+        settings = _replace(settings, public_url=f"http://{_client_host(settings.host)}:{settings.port}")
+    setup_logging(args.log_format, secrets=[settings.secret, settings.twilio_auth_token, settings.twilio_api_secret])
+    for note in notes:
+        log.info(note)
+    log.info("config: %s (%d queues, %d agents)", config.source, len(config.queues), len(config.agents))
+
+    embedded = None
+    redis_url = settings.redis_url
+    if redis_url is None:
+        embedded = EmbeddedRedis(settings.data_dir)
+        try:
+            redis_url = embedded.start()
+        except EmbeddedRedisError as exc:
+            log.error("%s", exc)
+            return 1
+        log.info("embedded Redis on %s with AOF in %s — single instance only; set REDIS_URL to run several",
+                 redis_url, settings.data_dir.resolve())
+    redis = redis_client(redis_url)
+    app = build_app(config, settings, redis, close_redis=True)
+    runner = web.AppRunner(app, access_log_class=AccessLogger, handle_signals=False)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await runner.setup()
+        site = web.TCPSite(runner, settings.host, settings.port)
+        await site.start()
+        base = f"http://{_client_host(settings.host)}:{settings.port}"
+        log.info("serving on %s (wallboard %s/wallboard, metrics %s/metrics)", base, base, base)
+        sim_task = None
+        if demo:
+            sim_task = asyncio.create_task(_run_demo_simulation(args, config, settings, base, stop))
+        await stop.wait()
+        log.info("shutting down: draining websockets (1012) and releasing the lease")
+        if sim_task is not None:
+            sim_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await sim_task
+    finally:
+        await runner.cleanup()
+        if embedded is not None:
+            embedded.stop()
+    return 0
+
+
+async def _run_demo_simulation(args: argparse.Namespace, config: Config, settings: object, base: str,
+                               stop: asyncio.Event) -> None:
+    from callboard import simulate
+    from callboard.auth import issue_token
+
+    secret = settings.secret  # type: ignore[attr-defined]
+    wall = issue_token(secret, "demo-wallboard", "wallboard", 7 * 86400)
+    agent_id = config.agents[0].id if config.agents else None
+    print("\n  callboard demo is running.\n", flush=True)
+    print(f"  Wallboard:      {base}/wallboard#token={wall}", flush=True)
+    if agent_id:
+        agent = issue_token(secret, agent_id, "agent", 7 * 86400)
+        print(f"  Agent console:  {base}/agent#token={agent}   (the simulator drives {agent_id} too)", flush=True)
+    print(f"  Metrics:        {base}/metrics\n  Stop with Ctrl-C.\n", flush=True)
+    opts = simulate.options_from_args(args, config=config, secret=secret,
+                                      twilio_auth_token=settings.twilio_auth_token,  # type: ignore[attr-defined]
+                                      public_url=settings.public_url, url=base)  # type: ignore[attr-defined]
+    try:
+        await simulate.run_simulation(opts, stop=stop)
+    except Exception:
+        log.exception("the demo simulator stopped")
+
+
+def _client_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+
+
+def _replace(settings, **changes):  # type: ignore[no-untyped-def]
+    import dataclasses
+
+    return dataclasses.replace(settings, **changes)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

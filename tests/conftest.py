@@ -1,0 +1,216 @@
+"""Shared fixtures: a real Redis (REDIS_URL, else an embedded one), flushed per test; apps; clients; tokens."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis as sync_redis
+import websockets
+from redis.asyncio import Redis
+
+from callboard.auth import issue_token
+from callboard.clock import FakeClock
+from callboard.config import Config, parse_config
+
+SECRET = "test-secret-0123456789abcdef0123456789"
+TWILIO_TOKEN = "test-twilio-auth-token-0123456789"
+
+TEST_CENTER: dict[str, Any] = {
+    "center": {"name": "Test center", "timezone": "UTC", "wrap_up_s": 2, "disconnect_grace_s": 2,
+               "sl_threshold_s": 20, "short_abandon_s": 5},
+    "server": {"lease_renew_s": 0.2, "lease_ttl_s": 0.6, "sweep_every_s": 0.1, "tick_ms": 20},
+    "queues": [{"name": "support", "numbers": ["+15550000001"], "team": "support"},
+               {"name": "sales", "numbers": ["+15550000002"], "team": "sales"}],
+    "agents": [{"id": "alice", "name": "Alice", "team": "support", "queues": ["support"]},
+               {"id": "bob", "name": "Bob", "team": "support", "queues": ["support"]},
+               {"id": "carol", "name": "Carol", "team": "sales", "queues": ["sales"]},
+               {"id": "dave", "name": "Dave", "team": "sales", "queues": ["sales", "support"]}],
+}
+
+
+def make_config(**overrides: Any) -> Config:
+    """The test center, with sections replaced or merged: make_config(center={"wrap_up_s": 0})."""
+    raw = json.loads(json.dumps(TEST_CENTER))
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(raw.get(key), dict):
+            raw[key].update(value)
+        else:
+            raw[key] = value
+    return parse_config(raw, "<test center>")
+
+
+def _start_redis_server(directory: Path, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
+    from callboard.embedded import redis_server_binary
+
+    sock = directory / "redis.sock"
+    proc = subprocess.Popen(
+        [redis_server_binary(), "--port", "0", "--unixsocket", str(sock), "--dir", str(directory),
+         "--save", "", "--appendonly", "no", *extra],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            if sync_redis.Redis(unix_socket_path=str(sock)).ping():
+                return proc, f"unix://{sock}"
+        except (sync_redis.ConnectionError, FileNotFoundError):
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("test Redis did not start")
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    url = os.environ.get("REDIS_URL")
+    if url:
+        yield url
+        return
+    with tempfile.TemporaryDirectory(prefix="cb-test-redis-") as tmp:
+        proc, url = _start_redis_server(Path(tmp))
+        try:
+            yield url
+        finally:
+            proc.terminate()
+            proc.wait(5)
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    await client.flushdb()
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(start_ms=int(time.time() * 1000))
+
+
+@pytest.fixture
+def config() -> Config:
+    return make_config()
+
+
+def token(sub: str, role: str = "agent", **kw: Any) -> str:
+    return issue_token(SECRET, sub, role, 3600, **kw)
+
+
+@pytest.fixture
+def settings() -> Any:
+    from callboard.app import Settings
+
+    return Settings(secret=SECRET, twilio_auth_token=TWILIO_TOKEN, public_url=None)
+
+
+AppFactory = Callable[..., Awaitable[Any]]
+
+
+@pytest.fixture
+async def make_instance(redis_url: str, redis: Redis, aiohttp_server: Any, settings: Any) -> AsyncIterator[AppFactory]:
+    """Start a full callboard instance on the shared test Redis; returns its TestServer (server.app holds it)."""
+    from callboard.app import build_app
+
+    made: list[Redis] = []
+
+    async def factory(config: Config | None = None, *, clock: Any = None, instance_id: str | None = None,
+                      app_settings: Any = None) -> Any:
+        client = Redis.from_url(redis_url, socket_timeout=10)
+        made.append(client)
+        app = build_app(config or make_config(), app_settings or settings, client, clock=clock, instance_id=instance_id)
+        return await aiohttp_server(app)
+
+    yield factory
+    for client in made:
+        await client.aclose()
+
+
+def ws_url(server: Any) -> str:
+    return f"ws://{server.host}:{server.port}/ws"
+
+
+class WsClient:
+    """A websockets-library client that keeps the merged snapshot, so tests can assert on state."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.welcome: dict[str, Any] = {}
+        self.snapshot: dict[str, Any] = {}
+        self.messages: list[dict[str, Any]] = []
+
+    async def recv(self, timeout: float = 5.0) -> dict[str, Any]:
+        raw = await asyncio.wait_for(self.conn.recv(), timeout)
+        msg = json.loads(raw)
+        self.messages.append(msg)
+        if msg["type"] == "snapshot":
+            self.snapshot = msg
+        elif msg["type"] == "delta":
+            from wallboard.patch import apply
+
+            self.snapshot = apply(self.snapshot, {k: v for k, v in msg.items() if k != "type"})
+        return msg
+
+    async def send(self, obj: dict[str, Any]) -> None:
+        await self.conn.send(json.dumps(obj))
+
+    async def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 5.0) -> dict[str, Any]:
+        """Read until predicate(snapshot) holds; returns the snapshot."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not predicate(self.snapshot):
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                raise AssertionError(f"timed out; last snapshot agents={self.snapshot.get('agents')}")
+            await self.recv(left)
+        return self.snapshot
+
+    def agent(self, agent_id: str) -> dict[str, Any]:
+        return self.snapshot["agents"][agent_id]
+
+    async def close(self) -> None:
+        await self.conn.close()
+
+
+async def connect(server: Any, tok: str, *, subprotocol: str = "callboard.v1.json") -> WsClient:
+    conn = await websockets.connect(ws_url(server), subprotocols=[subprotocol], open_timeout=5)
+    client = WsClient(conn)
+    await client.send({"type": "hello", "token": tok})
+    client.welcome = await client.recv()
+    assert client.welcome["type"] == "welcome", client.welcome
+    first = await client.recv()
+    assert first["type"] == "snapshot", first
+    return client
+
+
+@pytest.fixture
+def redis_server_factory() -> Iterator[Callable[..., tuple[subprocess.Popen[bytes], str, Path]]]:
+    """Start private redis-servers (for restart and outage tests); all are stopped at the end."""
+    procs: list[subprocess.Popen[bytes]] = []
+    dirs: list[tempfile.TemporaryDirectory[str]] = []
+
+    def start(directory: Path | None = None, *extra: str) -> tuple[subprocess.Popen[bytes], str, Path]:
+        if directory is None:
+            tmp = tempfile.TemporaryDirectory(prefix="cb-redis-")
+            dirs.append(tmp)
+            directory = Path(tmp.name)
+        proc, url = _start_redis_server(directory, *extra)
+        procs.append(proc)
+        return proc, url, directory
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    for tmp in dirs:
+        tmp.cleanup()

@@ -1,0 +1,158 @@
+"""HTTP API: pages, snapshot, state changes, voice token, metrics and health. Thin views over Services."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from callboard.auth import Claims, TokenError, verify_token
+from presence.rules import SET, Intent, validate_set
+from wallboard import messages
+
+if TYPE_CHECKING:
+    from callboard.app import Services
+
+JSON_HEADERS = {"Cache-Control": "no-store"}
+
+
+def _services(request: web.Request) -> Services:
+    from callboard.app import SERVICES
+
+    return request.app[SERVICES]
+
+
+def _json_error(status: int, message: str, code: str | None = None) -> web.Response:
+    body: dict[str, Any] = {"error": message}
+    if code:
+        body["code"] = code
+    return web.json_response(body, status=status, headers=JSON_HEADERS)
+
+
+class _Refused(Exception):
+    def __init__(self, response: web.Response) -> None:
+        self.response = response
+
+
+def _claims(request: web.Request, *roles: str) -> Claims:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise _Refused(_json_error(401, "missing bearer token (Authorization: Bearer <token>)", "bad_token"))
+    try:
+        claims = verify_token(_services(request).secret, token.strip())
+    except TokenError as exc:
+        raise _Refused(_json_error(401, str(exc), "bad_token")) from None
+    if claims.role not in roles:
+        raise _Refused(_json_error(403, f"a {claims.role} token cannot do this (needs {' or '.join(roles)})", "forbidden"))
+    return claims
+
+
+@web.middleware
+async def refusals(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except _Refused as refused:
+        return refused.response
+
+
+async def index(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPFound("/wallboard")
+
+
+def _page(name: str) -> Any:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        html = resources.files("static").joinpath(name).read_text(encoding="utf-8")
+        # The token travels in the fragment and never reaches us; no-store keeps pages fresh after upgrades.
+        return web.Response(text=html, content_type="text/html", headers={"Cache-Control": "no-store"})
+
+    return handler
+
+
+async def snapshot(request: web.Request) -> web.StreamResponse:
+    claims = _claims(request, "wallboard", "supervisor")
+    services = _services(request)
+    body = services.hub.snapshot(messages.topics_for(claims, services.config))
+    return web.Response(text=json.dumps(body, separators=(",", ":")), content_type="application/json", headers=JSON_HEADERS)
+
+
+async def set_state(request: web.Request) -> web.StreamResponse:
+    claims = _claims(request, "agent", "supervisor")
+    services = _services(request)
+    agent_id = request.match_info["agent_id"]
+    if services.config.agent(agent_id) is None:
+        return _json_error(404, f"no agent {agent_id!r} in this center", "unknown_agent")
+    if claims.role == "agent" and claims.sub != agent_id:
+        return _json_error(403, "agents may only change their own state", "forbidden")
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return _json_error(400, 'the body must be JSON like {"state": "away", "reason": "lunch"}', "bad_message")
+    if not isinstance(body, dict):
+        return _json_error(400, 'the body must be a JSON object like {"state": "away"}', "bad_message")
+    state, reason, seq = body.get("state"), body.get("reason"), body.get("seq")
+    code = validate_set(claims.role, state, reason)
+    if code:
+        return _json_error(400, messages.rejection(code)["message"], code)
+    if seq is not None and (not isinstance(seq, int) or isinstance(seq, bool)):
+        return _json_error(400, '"seq" must be an integer', "bad_message")
+    result = await services.batcher.submit(agent_id, Intent(kind=SET, actor=claims.role, state=state, reason=reason, seq=seq))
+    if result:
+        return _json_error(409, messages.rejection(result)["message"], result)
+    record = await services.presence.read_agent(agent_id)
+    return web.json_response({"agent": agent_id, **record.public()}, headers=JSON_HEADERS)
+
+
+async def voice_token(request: web.Request) -> web.StreamResponse:
+    claims = _claims(request, "agent")
+    services = _services(request)
+    s = services.settings
+    if not (s.twilio_account_sid and s.twilio_api_key and s.twilio_api_secret and s.twilio_twiml_app_sid):
+        return _json_error(503, "Twilio voice is not configured on this server (TWILIO_ACCOUNT_SID, TWILIO_API_KEY, "
+                                "TWILIO_API_SECRET, TWILIO_TWIML_APP_SID)", "voice_unavailable")
+    if not services.config.server.voice_sdk_url:
+        return _json_error(503, "the Twilio Voice SDK URL is not configured ([server] voice_sdk_url)", "voice_unavailable")
+    from twilio.jwt.access_token import AccessToken
+    from twilio.jwt.access_token.grants import VoiceGrant
+
+    token = AccessToken(s.twilio_account_sid, s.twilio_api_key, s.twilio_api_secret, identity=claims.sub, ttl=3600)
+    token.add_grant(VoiceGrant(outgoing_application_sid=s.twilio_twiml_app_sid, incoming_allow=True))
+    return web.json_response({"token": token.to_jwt(), "identity": claims.sub,
+                              "sdk_url": services.config.server.voice_sdk_url}, headers=JSON_HEADERS)
+
+
+async def metrics(request: web.Request) -> web.StreamResponse:
+    services = _services(request)
+    return web.Response(body=services.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+async def healthz(request: web.Request) -> web.StreamResponse:
+    return web.Response(text="ok\n")
+
+
+async def readyz(request: web.Request) -> web.StreamResponse:
+    problems = _services(request).readiness_problems()
+    if problems:
+        return web.Response(status=503, text="not ready: " + "; ".join(problems) + "\n")
+    return web.Response(text="ready\n")
+
+
+def routes() -> list[web.AbstractRouteDef]:
+    from wallboard.ws import websocket_handler
+
+    static_dir = resources.files("static")
+    return [
+        web.get("/", index),
+        web.get("/wallboard", _page("wallboard.html")),
+        web.get("/agent", _page("agent.html")),
+        web.static("/static", str(static_dir)),
+        web.get("/ws", websocket_handler),
+        web.get("/api/snapshot", snapshot),
+        web.post("/api/agents/{agent_id}/state", set_state),
+        web.get("/api/voice-token", voice_token),
+        web.get("/metrics", metrics),
+        web.get("/healthz", healthz),
+        web.get("/readyz", readyz),
+    ]

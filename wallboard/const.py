@@ -1,0 +1,33 @@
+"""Named limits of the websocket layer, each with the reason for its value."""
+
+# The contract gives a client 10 s to say hello: long enough for a slow tab on a busy wall display.
+HELLO_TIMEOUT_S = 10.0
+
+# Client frames are tiny (hello, set_state); 64 KiB is generous and caps what a bad client can make us parse.
+MAX_FRAME_BYTES = 64 * 1024
+
+# Websocket ping every 10 s; aiohttp closes when a pong is missing for half the interval, so a
+# half-open connection (laptop lid closed, NAT dropped) dies within ~15 s, well under the 30 s target.
+HEARTBEAT_S = 10.0
+
+# Bad messages in a row before 4400: one typo gets an error message, a client stuck in a loop gets closed.
+MAX_BAD_MESSAGES = 5
+
+# Per-client outbound queue. Over SOFT_PENDING messages the backlog is merged into one delta (latest state
+# wins); a client still backlogged SLOW_CLOSE_S later is closed 4429 so it reconnects and resnapshots.
+SOFT_PENDING = 32
+SLOW_CLOSE_S = 5.0
+
+# The fan-out tick: deltas are batched per 100 ms (configurable), but an idle hub sends at once.
+DEFAULT_TICK_MS = 100
+
+JSON_PROTOCOL = "callboard.v1.json"
+MSGPACK_PROTOCOL = "callboard.v1.msgpack"
+
+CLOSE_RESTART = 1012
+CLOSE_TOO_BIG = 1009
+CLOSE_BAD_MESSAGE = 4400
+CLOSE_BAD_TOKEN = 4401
+CLOSE_FORBIDDEN = 4403
+CLOSE_NO_HELLO = 4408
+CLOSE_TOO_SLOW = 4429

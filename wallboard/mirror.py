@@ -1,0 +1,108 @@
+"""The in-memory mirror of shared state: agents, queues and pending screen pops, fed by the follower.
+
+Snapshots, deltas and scrape-time gauges are all read from here, so none of them costs a Redis round trip.
+The mirror only ever changes by applying change-stream entries (or a full resync read); it never learns a
+fact by a side path, which is what keeps every instance showing the same thing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from callboard.config import Config
+from callflow.live import QueueStatsMirror
+from presence.rules import OFFLINE, STATES, AgentRecord
+
+PUBLIC_AGENT_FIELDS = ("state", "reason", "since_ms", "connections", "seq", "call")
+
+
+@dataclass
+class Changes:
+    """What one batch of stream entries touched."""
+
+    agents: set[str] = field(default_factory=set)
+    queues: set[str] = field(default_factory=set)
+    pops: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.agents or self.queues or self.pops)
+
+    def merge(self, other: Changes) -> None:
+        self.agents |= other.agents
+        self.queues |= other.queues
+        self.pops.extend(other.pops)
+
+
+class Mirror:
+    def __init__(self, config: Config, queue_stats: QueueStatsMirror) -> None:
+        self.config = config
+        self.queue_stats = queue_stats
+        self.agents: dict[str, dict[str, Any]] = {}
+        self.pops: dict[str, dict[str, Any]] = {}
+        self.reset_agents({})
+
+    def reset_agents(self, records: dict[str, AgentRecord]) -> None:
+        """Replace every agent's live fields (a resync); agents not in the config are ignored."""
+        self.agents = {}
+        for agent in self.config.agents:
+            entry: dict[str, Any] = {"name": agent.name, "team": agent.team, "queues": list(agent.queues)}
+            rec = records.get(agent.id)
+            entry.update(rec.public() if rec else _never_seen())
+            self.agents[agent.id] = entry
+
+    def apply_entry(self, kind: str, ident: str, data: dict[str, Any], changes: Changes) -> None:
+        """Apply one change-stream entry. Entries carry absolute values, so re-applying one is harmless."""
+        if kind == "agent":
+            entry = self.agents.get(ident)
+            if entry is None:
+                return
+            for name in PUBLIC_AGENT_FIELDS:
+                entry[name] = data.get(name)  # cmsgpack drops nil fields: absent means null
+            changes.agents.add(ident)
+            changes.queues.update(entry["queues"])
+        elif kind == "queue":
+            if self.config.queue(ident) is not None:
+                self.queue_stats.apply(ident, data)
+                changes.queues.add(ident)
+        elif kind == "pop":
+            if ident in self.agents:
+                self.pops[ident] = data
+                changes.pops.append((ident, data))
+        elif kind == "unpop":
+            held = self.pops.get(ident)
+            if held is not None and held.get("call_sid") == data.get("call_sid"):
+                del self.pops[ident]
+
+    def agent_counts(self, queue: str) -> dict[str, int]:
+        counts = dict.fromkeys(STATES, 0)
+        for entry in self.agents.values():
+            if queue in entry["queues"]:
+                counts[entry["state"]] += 1
+        return counts
+
+    def staffed(self, queue: str) -> bool:
+        """Is any agent of this queue signed in (not offline)? Used by the incoming webhook."""
+        return any(queue in e["queues"] and e["state"] != OFFLINE for e in self.agents.values())
+
+    def queue_entry(self, queue: str, now_ms: int) -> dict[str, Any]:
+        q = self.config.queue(queue)
+        assert q is not None
+        entry = self.queue_stats.snapshot(queue, now_ms)
+        entry["agents"] = self.agent_counts(queue)
+        t = q.thresholds
+        entry["thresholds"] = {
+            "sl_target": t.sl_target, "sl_warning": t.sl_warning,
+            "waiting_warning": t.waiting_warning, "waiting_critical": t.waiting_critical,
+            "wait_warning_s": t.wait_warning_s, "wait_critical_s": t.wait_critical_s,
+        }
+        return entry
+
+    def center(self) -> dict[str, Any]:
+        c = self.config.center
+        return {"name": c.name, "timezone": c.timezone, "sl_threshold_s": c.sl_threshold_s,
+                "short_abandon_s": c.short_abandon_s, "away_reasons": list(c.away_reasons)}
+
+
+def _never_seen() -> dict[str, Any]:
+    return {"state": OFFLINE, "reason": None, "since_ms": None, "connections": 0, "seq": 0, "call": None}
