@@ -21,7 +21,7 @@ from callboard.auth import issue_token
 from callboard.clock import FakeClock
 from callboard.config import Config, parse_config
 
-SECRET = "test-secret-0123456789abcdef0123456789"
+SECRET = "test-secret-0123456789abcdef0123456789-long-enough"
 TWILIO_TOKEN = "test-twilio-auth-token-0123456789"
 
 TEST_CENTER: dict[str, Any] = {
@@ -122,18 +122,14 @@ async def make_instance(redis_url: str, redis: Redis, aiohttp_server: Any, setti
     """Start a full callboard instance on the shared test Redis; returns its TestServer (server.app holds it)."""
     from callboard.app import build_app
 
-    made: list[Redis] = []
-
     async def factory(config: Config | None = None, *, clock: Any = None, instance_id: str | None = None,
-                      app_settings: Any = None) -> Any:
-        client = Redis.from_url(redis_url, socket_timeout=10)
-        made.append(client)
-        app = build_app(config or make_config(), app_settings or settings, client, clock=clock, instance_id=instance_id)
+                      app_settings: Any = None, url: str | None = None) -> Any:
+        client = Redis.from_url(url or redis_url, socket_timeout=10, socket_connect_timeout=2)
+        app = build_app(config or make_config(), app_settings or settings, client, clock=clock,
+                        instance_id=instance_id, close_redis=True)
         return await aiohttp_server(app)
 
     yield factory
-    for client in made:
-        await client.aclose()
 
 
 def ws_url(server: Any) -> str:

@@ -61,7 +61,7 @@ class Metrics:
         self.spool_depth = Gauge("callboard_spool_depth", "Call events held in memory while Redis is away", registry=r)
         self.spool_dropped = Counter("callboard_spool_dropped", "Call events dropped because the spool was full", registry=r)
         self.follower_lag = Gauge("callboard_follower_lag_seconds", "Age of the newest change applied to the mirror", registry=r)
-        self.build_info = Gauge("callboard_build_info", "Build and instance", ["version", "instance"], registry=r)
+        self.build_info = Gauge("callboard_build_info", "Build and instance", ["version", "instance_id"], registry=r)
         for q in queue_names:  # label sets known in advance are exported as 0
             self.calls_entered.labels(q)
             self.calls_answered.labels(q)

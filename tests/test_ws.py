@@ -1,0 +1,192 @@
+"""The websocket endpoint and HTTP API of one instance, driven by an independent client (websockets)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import msgpack
+import pytest
+import websockets
+from aiohttp import ClientSession
+
+from callboard.auth import issue_token
+from tests.conftest import SECRET, connect, token, ws_url
+
+
+async def _closed_with(server, first_message: object, *, raw: bool = False) -> tuple[int, list[object]]:  # type: ignore[no-untyped-def]
+    """Send one message (or raw bytes) and return the close code and what the server said before closing."""
+    conn = await websockets.connect(ws_url(server), subprotocols=["callboard.v1.json"])
+    if first_message is not None:
+        await conn.send(first_message if raw else json.dumps(first_message))
+    said = []
+    try:
+        while True:
+            said.append(json.loads(await asyncio.wait_for(conn.recv(), 15)))
+    except websockets.ConnectionClosed as closed:
+        return closed.rcvd.code if closed.rcvd else 1006, said
+
+
+async def test_an_agent_connects_sees_itself_available_and_changes_state(make_instance) -> None:  # type: ignore[no-untyped-def]
+    server = await make_instance()
+    alice = await connect(server, token("alice"))
+    assert alice.welcome["role"] == "agent" and alice.welcome["sub"] == "alice"
+    assert set(alice.snapshot["agents"]) == {"alice", "bob"}  # herself and her team
+    assert set(alice.snapshot["queues"]) == {"support"}
+    await alice.wait_for(lambda s: s["agents"]["alice"]["state"] == "available")
+    await alice.send({"type": "set_state", "state": "away", "reason": "lunch"})
+    snap = await alice.wait_for(lambda s: s["queues"]["support"]["agents"]["away"] == 1)
+    assert snap["agents"]["alice"]["state"] == "away" and snap["agents"]["alice"]["reason"] == "lunch"
+    await alice.close()
+
+
+async def test_agents_get_clear_errors_for_mistakes(make_instance) -> None:  # type: ignore[no-untyped-def]
+    server = await make_instance()
+    alice = await connect(server, token("alice"))
+    await alice.wait_for(lambda s: s["agents"]["alice"]["state"] == "available")
+    cases = [
+        ({"type": "set_state", "state": "on-call"}, "forbidden_state"),
+        ({"type": "set_state", "state": "away", "agent": "bob"}, "forbidden"),
+        ({"type": "set_state", "state": "sleeping"}, "bad_state"),
+        ({"type": "dance"}, "unknown_type"),
+    ]
+    for message, code in cases:
+        await alice.send(message)
+        reply = await alice.recv()
+        while reply["type"] != "error":
+            reply = await alice.recv()
+        assert reply["code"] == code and reply["message"]
+    await alice.conn.send("not json")
+    reply = await alice.recv()
+    assert reply == {"type": "error", "code": "bad_message", "message": reply["message"]}
+    await alice.close()
+
+
+async def test_supervisors_set_any_agent_and_wallboards_see_everything(make_instance) -> None:  # type: ignore[no-untyped-def]
+    server = await make_instance()
+    alice = await connect(server, token("alice"))
+    await alice.wait_for(lambda s: s["agents"]["alice"]["state"] == "available")
+    wall = await connect(server, token("wall", "wallboard"))
+    assert set(wall.snapshot["agents"]) == {"alice", "bob", "carol", "dave"}
+    assert set(wall.snapshot["queues"]) == {"support", "sales"}
+    boss = await connect(server, token("boss", "supervisor"))
+    await boss.send({"type": "set_state", "agent": "alice", "state": "away", "reason": "coaching"})
+    await wall.wait_for(lambda s: s["agents"]["alice"].get("reason") == "coaching")
+    await alice.wait_for(lambda s: s["agents"]["alice"].get("reason") == "coaching")
+    await wall.send({"type": "set_state", "agent": "alice", "state": "available"})
+    assert (await wall.recv())["code"] == "forbidden"
+    for client in (alice, wall, boss):
+        await client.close()
+
+
+async def test_the_msgpack_subprotocol_speaks_the_same_shapes(make_instance) -> None:  # type: ignore[no-untyped-def]
+    server = await make_instance()
+    conn = await websockets.connect(ws_url(server), subprotocols=["callboard.v1.msgpack"])
+    assert conn.subprotocol == "callboard.v1.msgpack"
+    await conn.send(msgpack.packb({"type": "hello", "token": token("carol")}))
+    welcome = msgpack.unpackb(await conn.recv())
+    snapshot = msgpack.unpackb(await conn.recv())
+    assert welcome["type"] == "welcome" and snapshot["type"] == "snapshot"
+    assert "carol" in snapshot["agents"]
+    await conn.close()
+
+
+@pytest.mark.parametrize("bad_token,why", [
+    (None, "missing token"),
+    ("not-a-jwt", "invalid token"),
+    (issue_token("another-secret-0123456789abcdef", "alice", "agent"), "invalid token"),
+    (issue_token(SECRET, "alice", "agent", ttl_s=10, now_s=1_000_000), "token expired"),
+])
+async def test_bad_tokens_are_closed_4401(make_instance, bad_token, why) -> None:  # type: ignore[no-untyped-def]
+    server = await make_instance()
+    code, said = await _closed_with(server, {"type": "hello", "token": bad_token})
+    assert code == 4401
+    assert said == [{"type": "error", "code": "bad_token", "message": why}]
+
+
+async def test_an_unknown_agent_is_forbidden_4403(make_instance) -> None:  # type: ignore[no-untyped-def]
+    server = await make_instance()
+    code, said = await _closed_with(server, {"type": "hello", "token": token("mallory")})
+    assert code == 4403 and said[0]["code"] == "unknown_agent"
+
+
+async def test_no_hello_in_time_is_closed_4408(make_instance, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr("wallboard.ws.HELLO_TIMEOUT_S", 0.3)
+    server = await make_instance()
+    code, _ = await _closed_with(server, None)
+    assert code == 4408
+
+
+async def test_a_client_that_keeps_sending_garbage_is_closed_4400(make_instance) -> None:  # type: ignore[no-untyped-def]
+    server = await make_instance()
+    alice = await connect(server, token("alice"))
+    for _ in range(5):
+        await alice.conn.send("{{{")
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        while True:
+            await alice.recv()
+    assert closed.value.rcvd.code == 4400
+
+
+async def test_frames_over_64_kib_are_closed_1009(make_instance) -> None:  # type: ignore[no-untyped-def]
+    server = await make_instance()
+    alice = await connect(server, token("alice"))
+    await alice.conn.send(json.dumps({"type": "set_state", "state": "away", "reason": "x" * 70_000}))
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        while True:
+            await alice.recv()
+    assert closed.value.rcvd.code == 1009
+
+
+async def test_foreign_origins_are_refused(make_instance) -> None:  # type: ignore[no-untyped-def]
+    server = await make_instance()
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        await websockets.connect(ws_url(server), origin="https://evil.example")
+    assert refused.value.response.status_code == 403
+    ok = await websockets.connect(ws_url(server), origin=f"http://{server.host}:{server.port}")
+    await ok.close()
+
+
+async def test_http_api_checks_tokens_and_roles(make_instance) -> None:  # type: ignore[no-untyped-def]
+    server = await make_instance()
+    base = f"http://{server.host}:{server.port}"
+    alice_ws = await connect(server, token("alice"))
+    await alice_ws.wait_for(lambda s: s["agents"]["alice"]["state"] == "available")
+
+    def auth(t: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {t}"}
+
+    async with ClientSession() as http:
+        r = await http.get(f"{base}/api/snapshot")
+        assert r.status == 401 and "bearer" in (await r.json())["error"]
+        r = await http.get(f"{base}/api/snapshot", headers=auth(token("alice")))
+        assert r.status == 403
+        r = await http.get(f"{base}/api/snapshot", headers=auth(token("wall", "wallboard")))
+        assert r.status == 200 and set((await r.json())["agents"]) == {"alice", "bob", "carol", "dave"}
+        r = await http.get(f"{base}/api/snapshot", headers=auth(token("w", "wallboard", teams=["sales"])))
+        body = await r.json()
+        assert set(body["agents"]) == {"carol", "dave"} and set(body["queues"]) == {"sales"}
+
+        url = f"{base}/api/agents/alice/state"
+        r = await http.post(url, json={"state": "away", "reason": "lunch"}, headers=auth(token("alice")))
+        assert r.status == 200 and (await r.json())["state"] == "away"
+        r = await http.post(url, json={"state": "available"}, headers=auth(token("bob")))
+        assert r.status == 403
+        r = await http.post(url, json={"state": "on-call"}, headers=auth(token("boss", "supervisor")))
+        assert r.status == 400 and (await r.json())["code"] == "forbidden_state"
+        r = await http.post(url, data="{", headers=auth(token("alice")))
+        assert r.status == 400
+        r = await http.post(f"{base}/api/agents/bob/state", json={"state": "available"}, headers=auth(token("bob")))
+        assert r.status == 409 and (await r.json())["code"] == "not_connected"
+        r = await http.post(f"{base}/api/agents/nobody/state", json={"state": "away"}, headers=auth(token("boss", "supervisor")))
+        assert r.status == 404
+        r = await http.post(url, json={"state": "available"}, headers=auth(token("boss", "supervisor")))
+        assert r.status == 200
+        r = await http.get(f"{base}/api/voice-token", headers=auth(token("alice")))
+        assert r.status == 503 and "not configured" in (await r.json())["error"]
+        assert (await http.get(f"{base}/healthz")).status == 200
+        r = await http.get(f"{base}/readyz")
+        assert r.status == 200, await r.text()
+        r = await http.get(f"{base}/", allow_redirects=False)
+        assert r.status == 302 and r.headers["Location"] == "/wallboard"
+    await alice_ws.close()
