@@ -52,3 +52,8 @@ def agent_pop(agent_id: str) -> str:
 def agent_leg(call_sid: str) -> str:
     """Hash of an agent's softphone call leg (the TwiML App call): agent id, the caller it bridged, its end."""
     return f"{PREFIX}leg:{call_sid}"
+
+
+# Handle times finalized inside presence scripts (a wrap-up ended in a sweep or a state change), waiting for
+# any instance's call flow to observe them in its call_handle metric: a list of "<queue>\t<handle ms>".
+HANDLED_OBSERVATIONS = PREFIX + "handled:obs"

@@ -1,0 +1,306 @@
+"""Lua for the call flow: every Twilio call event is one atomic script that counts, moves the agent and emits.
+
+Scripts are built with presence.lua.build_script(body, CALL_HANDLED_HOOK), so the presence LIB (NOW, DAY,
+PREFIX, emit, load_rec, apply) and this file's CF_LIB are in scope, and a call event and the agent's
+transition it causes happen in one call: no reader ever sees a call answered with its agent still available.
+
+Exactly-once: each count is guarded by a flag in the call hash set with HSETNX in the same script, so a
+request Twilio sends twice, or requests arriving out of order, count once. Every time a count needs is taken
+from the event itself (NOW is the event's time, also when a spooled event is replayed after an outage), so
+the totals do not depend on the order in which the requests arrived.
+
+Key names mirror callboard/keys.py (tests/test_callflow_lua.py proves the two agree).
+
+Call hash (keys.call(CallSid)) fields: kind=caller, mode (enqueued|unstaffed), queue, from, to, day (the
+`today` window of the enqueue), enq_ms, ttl (retention ms), ans (answered flag), left (leaving outcome),
+qr (QueueResult seen), qt_ms, min (epoch minute the call left the queue), bridge_ms, agent, leg, end_ms,
+talk_ms, wrap_ms, handled. Agent leg hash (keys.agent_leg(CallSid)): agent, caller, outbound, end_ms.
+"""
+
+from __future__ import annotations
+
+from callboard import keys
+from presence.lua import build_script
+
+# CF_LIB — helpers shared by the call-event script and the handle-time hook (which runs inside every
+# presence script, so it must not read ARGV beyond the header: retention comes from the call hash).
+CF_LIB = """
+local DAY_MS = 86400000
+local HANDLED = {}  -- {queue, handle_ms} of calls finalized by this script call, reported for metrics
+local IN_CALL_EVENT = false  -- true in CALL_EVENT: it returns HANDLED; presence scripts leave them in a list
+
+local function k_call(sid) return PREFIX .. 'call:' .. sid end
+local function k_leg(sid) return PREFIX .. 'leg:' .. sid end
+local function k_waiting(q) return PREFIX .. 'q:' .. q .. ':waiting' end
+local function k_day(q, day) return PREFIX .. 'q:' .. q .. ':day:' .. day end
+local function k_min(q, m) return PREFIX .. 'q:' .. q .. ':min:' .. m end
+local function k_pop(agent) return PREFIX .. 'pop:' .. agent end
+
+local function minute_of(ms) return math.floor(ms / 60000) end
+
+-- A bucket lives until it has slid out of last_30m (plus a minute of slack for clock skew).
+local function minute_ttl(m) return (m + 32) * 60000 - NOW end
+
+local function bump(key, field, by, ttl_ms)
+  redis.call('HINCRBY', key, field, by)
+  redis.call('PEXPIRE', key, ttl_ms)
+end
+
+local function counters(key)
+  local flat = redis.call('HGETALL', key)
+  local t = {}
+  for i = 1, #flat, 2 do t[flat[i]] = tonumber(flat[i + 1]) end
+  return t
+end
+
+-- One stream entry per touched queue, with absolute values only: the follower may apply it twice.
+local function emit_queue(q, day, minute)
+  local wk = k_waiting(q)
+  local first = redis.call('ZRANGE', wk, 0, 0, 'WITHSCORES')
+  local p = {waiting = redis.call('ZCARD', wk), oldest_ms = tonumber(first[2] or 0)}
+  if day then p.day = day; p.today = counters(k_day(q, day)) end
+  if minute then p.minute = minute; p.bucket = counters(k_min(q, minute)) end
+  emit('queue', q, p)
+end
+
+-- Count a handled call once both its talk time (caller's end) and its wrap-up are known.
+local function finalize(sid)
+  local ck = k_call(sid)
+  local f = redis.call('HMGET', ck, 'talk_ms', 'wrap_ms', 'queue', 'day', 'min', 'ttl')
+  if not f[1] or not f[2] or not f[3] or not f[4] then return end
+  if redis.call('HSETNX', ck, 'handled', 1) == 0 then return end
+  local handle = tonumber(f[1]) + tonumber(f[2])
+  local q, day, m = f[3], f[4], tonumber(f[5])
+  local day_ttl = tonumber(f[6] or 0) + DAY_MS
+  bump(k_day(q, day), 'handled', 1, day_ttl)
+  bump(k_day(q, day), 'handle_ms', handle, day_ttl)
+  local touched = nil
+  if m and minute_ttl(m) > 0 then
+    bump(k_min(q, m), 'handled', 1, minute_ttl(m))
+    bump(k_min(q, m), 'handle_ms', handle, minute_ttl(m))
+    touched = m
+  end
+  emit_queue(q, day, touched)
+  if IN_CALL_EVENT then
+    HANDLED[#HANDLED + 1] = {q, handle}
+  else
+    redis.call('RPUSH', '%(handled_obs)s', q .. '\t' .. handle)
+    redis.call('LTRIM', '%(handled_obs)s', -10000, -1)
+  end
+end
+
+-- The screen pop of `sid` is over: forget it and tell the agent's softphone.
+local function unpop(agent, sid)
+  local raw = redis.call('GET', k_pop(agent))
+  if raw and cmsgpack.unpack(raw).call_sid == sid then
+    redis.call('DEL', k_pop(agent))
+    emit('unpop', agent, {call_sid = sid})
+  end
+end
+""" % {"handled_obs": keys.HANDLED_OBSERVATIONS}
+
+# CALL_HANDLED_HOOK — presence calls it when a wrap-up ends (or a call ends straight to available/away):
+# `wrap` is the call_start call table ({call_sid, queue, from, since_ms}) merged with call_end's, plus
+# wrap_ms. Outbound calls (no queue) and unknown calls are ignored. Records the wrap-up once, then tries to
+# finalize the call's handle time.
+CALL_HANDLED_HOOK = CF_LIB + """
+call_handled = function(agent_id, wrap)
+  if wrap == nil or wrap.call_sid == nil or wrap.queue == nil then return end
+  local ck = k_call(wrap.call_sid)
+  if redis.call('EXISTS', ck) == 0 then return end
+  redis.call('HSETNX', ck, 'wrap_ms', math.max(math.floor(tonumber(wrap.wrap_ms) or 0), 0))
+  finalize(wrap.call_sid)
+end
+"""
+
+# CALL_EVENT — apply one Twilio call event.
+#   KEYS: none.  ARGV: the presence header (now_ms = the event's time, day = its `today` window), then
+#   ARGV[6] = msgpack event {kind = incoming|bridge|queue_result|status|agent_leg, sid, ...} (see
+#   callflow/events.py), ARGV[7] = msgpack settings {sl_ms, short_ms, ttl_ms}.
+#   Returns msgpack {counted = 0|1, mode?, outcome?, qt_ms?, queue?, handled = {{queue, handle_ms}...}}.
+CALL_EVENT_BODY = """
+IN_CALL_EVENT = true
+local ev = cmsgpack.unpack(ARGV[6])
+local cfg = cmsgpack.unpack(ARGV[7])
+local TTL = cfg.ttl_ms
+local result = {counted = 0}
+
+local function adopt(ck, ev, qt_ms)
+  -- A bridge or queue-result for a call whose incoming we never saw (lost, or Redis lost its data):
+  -- record it as offered now, so answered and abandoned never exceed offered.
+  redis.call('HSET', ck, 'kind', 'caller', 'mode', 'enqueued', 'queue', ev.queue, 'from', ev.from or '',
+             'to', ev.to or '', 'day', DAY, 'enq_ms', NOW - (qt_ms or 0), 'ttl', TTL)
+  redis.call('PEXPIRE', ck, TTL)
+  bump(k_day(ev.queue, DAY), 'offered', 1, TTL + DAY_MS)
+end
+
+local function queue_time(ck, ev)
+  if ev.qt_s ~= nil then return ev.qt_s * 1000 end
+  local enq = tonumber(redis.call('HGET', ck, 'enq_ms') or NOW)
+  return math.max(NOW - enq, 0)
+end
+
+local function attach_agent(agent, leg, sid, c)
+  -- Put the agent on this call; if the agent's leg already ended (its status came first), replay the
+  -- start and the end at their own times so the wrap-up is what it would have been in order.
+  local lk = k_leg(leg)
+  redis.call('HSET', lk, 'agent', agent, 'caller', sid)
+  redis.call('PEXPIRE', lk, TTL)
+  local call = {call_sid = sid, queue = c.queue, from = c.from, since_ms = NOW}
+  local leg_end = redis.call('HGET', lk, 'end_ms')
+  if not leg_end then
+    apply(agent, {kind = 'call_start', actor = 'system', call = call})
+    if not c.end_ms then
+      local pop = {type = 'pop', call_sid = sid, from = c.from, to = c.to, queue = c.queue,
+                   waited_s = c.qt_ms / 1000, customers = {}}
+      redis.call('SET', k_pop(agent), cmsgpack.pack(pop), 'PX', TTL)
+      emit('pop', agent, pop)
+    end
+    return
+  end
+  if load_rec(agent).state == 'on-call' then
+    -- already on another call: the wrap-up of this one never happened
+    redis.call('HSETNX', k_call(sid), 'wrap_ms', 0)
+    return
+  end
+  apply(agent, {kind = 'call_start', actor = 'system', call = call})
+  local bridged_at = NOW
+  NOW = math.max(tonumber(leg_end), bridged_at)
+  apply(agent, {kind = 'call_end', actor = 'system', call = {call_sid = sid}})
+  NOW = bridged_at
+end
+
+local kind = ev.kind
+if kind == 'incoming' then
+  local ck = k_call(ev.sid)
+  local mode = redis.call('HGET', ck, 'mode')
+  if mode then
+    result.mode = mode
+  else
+    mode = ev.staffed and 'enqueued' or 'unstaffed'
+    result.mode, result.counted, result.queue = mode, 1, ev.queue
+    redis.call('HSET', ck, 'kind', 'caller', 'mode', mode, 'queue', ev.queue, 'from', ev.from or '',
+               'to', ev.to or '', 'day', DAY, 'enq_ms', NOW, 'ttl', TTL)
+    redis.call('PEXPIRE', ck, TTL)
+    if mode == 'enqueued' then
+      bump(k_day(ev.queue, DAY), 'offered', 1, TTL + DAY_MS)
+      if redis.call('HEXISTS', ck, 'end_ms') == 0 then redis.call('ZADD', k_waiting(ev.queue), NOW, ev.sid) end
+      emit_queue(ev.queue, DAY, nil)
+    else
+      local m = minute_of(NOW)
+      redis.call('HSET', ck, 'min', m, 'left', 'unstaffed')
+      bump(k_day(ev.queue, DAY), 'unstaffed', 1, TTL + DAY_MS)
+      bump(k_min(ev.queue, m), 'unstaffed', 1, minute_ttl(m))
+      emit_queue(ev.queue, DAY, m)
+    end
+  end
+
+elseif kind == 'bridge' then
+  local ck = k_call(ev.sid)
+  if redis.call('HEXISTS', ck, 'mode') == 0 then adopt(ck, ev, ev.qt_s and ev.qt_s * 1000) end
+  local f = redis.call('HMGET', ck, 'mode', 'queue', 'day', 'from', 'to', 'end_ms')
+  local c = {mode = f[1], queue = f[2], day = f[3], from = f[4], to = f[5], end_ms = f[6]}
+  -- The first leaving outcome wins: a bridge for a call that already left another way (say a hangup
+  -- reported first) is a contradiction from Twilio and changes nothing, agent included.
+  if c.mode == 'enqueued' and redis.call('HSETNX', ck, 'ans', 1) == 1
+      and redis.call('HSETNX', ck, 'left', 'answered') == 1 then
+    c.qt_ms = queue_time(ck, ev)
+    local m = minute_of(NOW)
+    redis.call('HSET', ck, 'bridge_ms', NOW, 'leg', ev.leg or '', 'min', m, 'qt_ms', c.qt_ms)
+    if c.end_ms then redis.call('HSET', ck, 'talk_ms', math.max(tonumber(c.end_ms) - NOW, 0)) end
+    result.counted, result.queue, result.qt_ms = 1, c.queue, c.qt_ms
+    local within = 0
+    if c.qt_ms <= cfg.sl_ms then within = 1 end
+    local dk, mk = k_day(c.queue, c.day), k_min(c.queue, m)
+    local day_ttl, min_ttl = TTL + DAY_MS, minute_ttl(m)
+    bump(dk, 'answered', 1, day_ttl); bump(dk, 'answer_wait_ms', c.qt_ms, day_ttl)
+    bump(dk, 'answered_within_sl', within, day_ttl)
+    bump(mk, 'offered', 1, min_ttl); bump(mk, 'answered', 1, min_ttl)
+    bump(mk, 'answer_wait_ms', c.qt_ms, min_ttl); bump(mk, 'answered_within_sl', within, min_ttl)
+    redis.call('ZREM', k_waiting(c.queue), ev.sid)
+    local agent = ev.agent
+    if (agent == nil or agent == '') and ev.leg then agent = redis.call('HGET', k_leg(ev.leg), 'agent') end
+    if agent and agent ~= '' and ev.leg then
+      redis.call('HSET', ck, 'agent', agent)
+      attach_agent(agent, ev.leg, ev.sid, c)
+    else
+      redis.call('HSETNX', ck, 'wrap_ms', 0)  -- nobody to wrap up: handle time is the talk time
+    end
+    finalize(ev.sid)
+    emit_queue(c.queue, c.day, m)
+  end
+
+elseif kind == 'queue_result' then
+  local ck = k_call(ev.sid)
+  if redis.call('HEXISTS', ck, 'mode') == 0 then adopt(ck, ev, ev.qt_s and ev.qt_s * 1000) end
+  redis.call('HSETNX', ck, 'qr', ev.result)
+  local f = redis.call('HMGET', ck, 'mode', 'queue', 'day')
+  if f[1] == 'enqueued' and ev.outcome and redis.call('HSETNX', ck, 'left', ev.outcome) == 1 then
+    local q, day, m = f[2], f[3], minute_of(NOW)
+    local qt_ms = queue_time(ck, ev)
+    redis.call('HSET', ck, 'min', m, 'qt_ms', qt_ms)
+    result.counted, result.queue, result.outcome, result.qt_ms = 1, q, ev.outcome, qt_ms
+    local short = 0
+    if ev.outcome == 'abandoned' and qt_ms < cfg.short_ms then short = 1 end
+    local dk, mk = k_day(q, day), k_min(q, m)
+    local day_ttl, min_ttl = TTL + DAY_MS, minute_ttl(m)
+    bump(dk, ev.outcome, 1, day_ttl); bump(dk, 'short_abandoned', short, day_ttl)
+    bump(mk, 'offered', 1, min_ttl); bump(mk, ev.outcome, 1, min_ttl); bump(mk, 'short_abandoned', short, min_ttl)
+    redis.call('ZREM', k_waiting(q), ev.sid)
+    emit_queue(q, day, m)
+  end
+
+elseif kind == 'status' then
+  local ck, lk = k_call(ev.sid), k_leg(ev.sid)
+  if ev.agent == nil and redis.call('HEXISTS', ck, 'mode') == 1 then
+    -- the caller hung up: talk time ends; never re-enters the queue
+    if redis.call('HSETNX', ck, 'end_ms', NOW) == 1 then
+      result.counted = 1
+      local f = redis.call('HMGET', ck, 'queue', 'day', 'bridge_ms', 'agent')
+      if f[3] then redis.call('HSET', ck, 'talk_ms', math.max(NOW - tonumber(f[3]), 0)) end
+      if f[4] then unpop(f[4], ev.sid) end
+      redis.call('ZREM', k_waiting(f[1]), ev.sid)
+      finalize(ev.sid)
+      emit_queue(f[1], f[2], nil)
+    end
+  else
+    -- an agent's softphone leg ended: its call ends, wrap-up starts (presence rules decide)
+    local agent = ev.agent or redis.call('HGET', lk, 'agent')
+    if agent and redis.call('HSETNX', lk, 'end_ms', NOW) == 1 then
+      result.counted = 1
+      redis.call('HSETNX', lk, 'agent', agent)
+      redis.call('PEXPIRE', lk, TTL)
+      local f = redis.call('HMGET', lk, 'caller', 'outbound')
+      if f[1] then
+        apply(agent, {kind = 'call_end', actor = 'system', call = {call_sid = f[1]}})
+        unpop(agent, f[1])
+      elseif f[2] then
+        apply(agent, {kind = 'call_end', actor = 'system', call = {call_sid = ev.sid}})
+      end
+    end
+  end
+
+elseif kind == 'agent_leg' then
+  local lk = k_leg(ev.sid)
+  redis.call('HSETNX', lk, 'agent', ev.agent)
+  redis.call('PEXPIRE', lk, TTL)
+  if ev.outbound and redis.call('HSETNX', lk, 'outbound', ev.outbound) == 1
+      and redis.call('HEXISTS', lk, 'end_ms') == 0 then
+    result.counted = 1
+    apply(ev.agent, {kind = 'call_start', actor = 'system',
+                     call = {call_sid = ev.sid, to = ev.outbound, direction = 'outbound', since_ms = NOW}})
+  end
+end
+
+result.handled = HANDLED
+return cmsgpack.pack(result)
+"""
+
+CALL_EVENT = build_script(CALL_EVENT_BODY, CALL_HANDLED_HOOK)
+
+# KEY_NAMES — for tests: returns the key names CF_LIB builds, to compare with callboard/keys.py.
+#   ARGV: header, ARGV[6] sid, ARGV[7] queue, ARGV[8] day, ARGV[9] minute, ARGV[10] agent.
+KEY_NAMES = build_script("""
+return {k_call(ARGV[6]), k_leg(ARGV[6]), k_waiting(ARGV[7]), k_day(ARGV[7], ARGV[8]),
+        k_min(ARGV[7], ARGV[9]), k_pop(ARGV[10])}
+""", CALL_HANDLED_HOOK)

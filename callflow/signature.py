@@ -1,0 +1,48 @@
+"""Twilio request signatures, as pure functions: rebuild the URL Twilio signed, then check the header.
+
+Twilio signs the full URL it requested (scheme, host, path and query) plus the sorted POST parameters. Behind
+a proxy the URL our server sees is not that URL, so it is rebuilt from PUBLIC_URL (the base Twilio calls)
+and the request's own path and query. twilio's RequestValidator tries the URL with and without the default
+port, which covers Twilio's inconsistent port handling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from twilio.request_validator import RequestValidator, get_signature_algorithm
+
+SIGNATURE_HEADER = "X-Twilio-Signature"
+SETTINGS_HEADER = "X-Twilio-Webhooks-Signature-Settings"
+
+# Reasons a request is refused; they are the `reason` label of webhook_rejected and never name a secret.
+MISSING_SIGNATURE = "missing_signature"
+BAD_SIGNATURE = "bad_signature"
+
+
+def signed_url(public_url: str | None, path_qs: str, request_url: str) -> str:
+    """The URL Twilio signed: PUBLIC_URL + path + query, or the request's own URL when PUBLIC_URL is unset.
+
+    PUBLIC_URL may carry a path prefix (`https://example.com/callboard`) when a proxy mounts the service
+    under one and strips it; the prefix is kept and the app's path appended.
+    """
+    if not public_url:
+        return request_url
+    return public_url.rstrip("/") + path_qs
+
+
+def check_signature(auth_token: str, url: str, params: Mapping[str, Any], signature: str | None,
+                    settings_header: str | None = None) -> str | None:
+    """None when the signature is valid, else the refusal reason (MISSING_SIGNATURE or BAD_SIGNATURE)."""
+    if not signature:
+        return MISSING_SIGNATURE
+    algorithm = get_signature_algorithm(settings_header)
+    if RequestValidator(auth_token).validate(url, params, signature, algorithm=algorithm):
+        return None
+    return BAD_SIGNATURE
+
+
+def sign(auth_token: str, url: str, params: Mapping[str, Any]) -> str:
+    """The signature Twilio would send for this URL and these parameters (tests and the simulator use it)."""
+    return RequestValidator(auth_token).compute_signature(url, params)
