@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import secrets
@@ -14,13 +13,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
-from callflow.flow import CallFlow
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from callboard import __version__
 from callboard.clock import Clock
 from callboard.config import Config
+from callflow.flow import CallFlow
 from callflow.live import QueueStatsMirror
 from callflow.lua import CALL_HANDLED_HOOK
 from callflow.windows import day_key
@@ -145,11 +144,19 @@ class Services:
         self.tasks.append(task)
 
     async def stop_tasks(self) -> None:
+        """Cancel the background tasks; a task that ignores a cancellation is cancelled again, and named."""
+        pending = {t for t in self.tasks if not t.done()}
+        for _ in range(5):
+            if not pending:
+                break
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=2.0)
+        for task in pending:
+            log.error("background task %s did not stop when cancelled", task.get_name())
         for task in self.tasks:
-            task.cancel()
-        for task in self.tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                log.error("background task %s had died: %r", task.get_name(), task.exception())
         self.tasks.clear()
 
     async def drain(self) -> None:
@@ -164,9 +171,12 @@ class Services:
             if not self.liveness.connections:
                 break
             await asyncio.sleep(0.02)
-        with contextlib.suppress(RedisError, OSError):
-            await self.batcher.drain()
-            await self.liveness.release()
+        try:
+            async with asyncio.timeout(5.0):  # Redis away: the lease then expires by itself, as after a crash
+                await self.batcher.drain()
+                await self.liveness.release()
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning("could not finish the drain in Redis (%s); the lease will expire instead", exc)
 
     async def crash(self) -> None:
         """Tests only: die like SIGKILL would — no drain, no deregistration, sockets cut."""
@@ -174,9 +184,8 @@ class Services:
         await self.stop_tasks()
         await self.batcher.stop()
         for session in list(self.sessions):
-            transport = session.ws._req.transport if session.ws._req is not None else None  # noqa: SLF001
-            if transport is not None:
-                transport.abort()
+            if session.transport is not None:
+                session.transport.abort()
 
 
 async def _logged(coro: Coroutine[Any, Any, Any], name: str) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import signal
 import sys
@@ -42,7 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     from callboard import simulate
 
     simulate.add_arguments(demo)
-    demo.set_defaults(func=_cmd_demo)
+    # The demo center has 12 agents: 2 calls a minute keeps it busy but believable (about 80% within SL).
+    demo.set_defaults(func=_cmd_demo, calls_per_minute=2.0, url=None)
 
     sim = sub.add_parser("simulate", help="drive a running callboard like Twilio and softphones would")
     simulate.add_arguments(sim)
@@ -126,7 +126,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     opts = simulate.options_from_args(args, config=config, secret=secret, twilio_auth_token=twilio_token,
                                       public_url=args.public_url)
-    report = asyncio.run(simulate.run_simulation(opts))
+    report = asyncio.run(simulate.run_until_interrupted(opts))
     print(simulate.format_report(report))
     return 0
 
@@ -183,11 +183,12 @@ async def _serve(args: argparse.Namespace, *, demo: bool) -> int:
         if demo:
             sim_task = asyncio.create_task(_run_demo_simulation(args, config, settings, base, stop))
         await stop.wait()
+        if sim_task is not None:  # the simulator sees `stop` too: let it hang up its calls first
+            try:
+                await asyncio.wait_for(sim_task, timeout=15)
+            except (TimeoutError, Exception):  # noqa: BLE001 - shutting down either way; it logged its own errors
+                sim_task.cancel()
         log.info("shutting down: draining websockets (1012) and releasing the lease")
-        if sim_task is not None:
-            sim_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await sim_task
     finally:
         await runner.cleanup()
         if embedded is not None:

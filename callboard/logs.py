@@ -9,6 +9,8 @@ import sys
 import time
 from collections.abc import Iterable
 
+from aiohttp.abc import AbstractAccessLogger
+
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
@@ -50,11 +52,8 @@ def setup_logging(fmt: str = "text", level: str = "INFO", secrets: Iterable[str 
     root.setLevel(level)
 
 
-class AccessLogger:
+class AccessLogger(AbstractAccessLogger):
     """aiohttp access log without query strings or headers, so nothing secret can land in it."""
-
-    def __init__(self, logger: logging.Logger, log_format: str) -> None:
-        self.logger = logger
 
     def log(self, request, response, time_s: float) -> None:  # type: ignore[no-untyped-def]
         self.logger.info("%s %s %s %.1fms", request.method, request.path, response.status, time_s * 1000)

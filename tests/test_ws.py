@@ -35,8 +35,10 @@ async def test_an_agent_connects_sees_itself_available_and_changes_state(make_in
     assert set(alice.snapshot["queues"]) == {"support"}
     await alice.wait_for(lambda s: s["agents"]["alice"]["state"] == "available")
     await alice.send({"type": "set_state", "state": "away", "reason": "lunch"})
-    snap = await alice.wait_for(lambda s: s["queues"]["support"]["agents"]["away"] == 1)
-    assert snap["agents"]["alice"]["state"] == "away" and snap["agents"]["alice"]["reason"] == "lunch"
+    # the agent's and the queue's deltas are separate topics: wait until both have arrived
+    await alice.wait_for(lambda s: s["queues"]["support"]["agents"]["away"] == 1
+                         and s["agents"]["alice"]["state"] == "away")
+    assert alice.agent("alice")["reason"] == "lunch"
     await alice.close()
 
 

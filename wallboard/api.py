@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from callboard.auth import Claims, TokenError, verify_token
 from presence.rules import SET, Intent, validate_set
@@ -133,7 +135,12 @@ async def healthz(request: web.Request) -> web.StreamResponse:
 
 
 async def readyz(request: web.Request) -> web.StreamResponse:
-    problems = _services(request).readiness_problems()
+    services = _services(request)
+    problems = services.readiness_problems()
+    try:
+        await asyncio.wait_for(services.redis.ping(), timeout=1.0)
+    except (TimeoutError, RedisError, OSError) as exc:
+        problems.append(f"Redis unreachable ({type(exc).__name__})")
     if problems:
         return web.Response(status=503, text="not ready: " + "; ".join(problems) + "\n")
     return web.Response(text="ready\n")

@@ -18,6 +18,12 @@ MAX_BAD_MESSAGES = 5
 SOFT_PENDING = 32
 SLOW_CLOSE_S = 5.0
 
+# The writer stops handing frames to a transport that already buffers this much for a peer that is not
+# reading (aiohttp only pauses at the protocol's own limit, which let buffers grow to megabytes in tests).
+# Frames then wait in the outbox, where they are merged, and the slow-consumer rule above applies.
+WRITE_BUFFER_HIGH = 64 * 1024
+WRITE_BUFFER_POLL_S = 0.05
+
 # The fan-out tick: deltas are batched per 100 ms (configurable), but an idle hub sends at once.
 DEFAULT_TICK_MS = 100
 

@@ -26,6 +26,8 @@ from wallboard.const import (
     MAX_BAD_MESSAGES,
     MAX_FRAME_BYTES,
     MSGPACK_PROTOCOL,
+    WRITE_BUFFER_HIGH,
+    WRITE_BUFFER_POLL_S,
 )
 from wallboard.hub import Subscriber
 from wallboard.messages import WireError
@@ -39,8 +41,10 @@ log = logging.getLogger(__name__)
 class Session:
     """One authenticated websocket: its claims, its outbox and its writer."""
 
-    def __init__(self, services: Services, ws: web.WebSocketResponse, claims: Any, encoding: str) -> None:
+    def __init__(self, services: Services, request: web.Request, ws: web.WebSocketResponse, claims: Any,
+                 encoding: str) -> None:
         self.services = services
+        self.transport = request.transport
         self.ws = ws
         self.claims = claims
         self.conn_id = f"{services.liveness.instance_id}:{secrets.token_hex(6)}"
@@ -51,6 +55,7 @@ class Session:
 
     async def write_loop(self) -> None:
         metrics = self.services.metrics
+        transport = self.transport
         while True:
             item = await self.sub.next()
             if isinstance(item.data, str):
@@ -58,6 +63,10 @@ class Session:
             else:
                 await self.ws.send_bytes(item.data)
             metrics.ws_messages_sent.inc()
+            while transport is not None and transport.get_write_buffer_size() > WRITE_BUFFER_HIGH:
+                if transport.is_closing():
+                    return
+                await asyncio.sleep(WRITE_BUFFER_POLL_S)  # the peer is not reading: let the outbox merge
 
     def _on_slow(self) -> None:
         self.services.metrics.ws_slow_consumer_closes.inc()
@@ -71,9 +80,8 @@ class Session:
         try:
             await asyncio.wait_for(self.ws.close(code=code, message=reason.encode()), timeout=2.0)
         except (TimeoutError, ConnectionError, RuntimeError):
-            transport = self.ws._req.transport if self.ws._req is not None else None  # noqa: SLF001
-            if transport is not None:
-                transport.abort()
+            if self.transport is not None:
+                self.transport.abort()
 
     def handle(self, msg: dict[str, Any]) -> None:
         """Act on one client message; raises WireError for the client's mistakes."""
@@ -125,7 +133,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
                                max_msg_size=MAX_FRAME_BYTES)
     await ws.prepare(request)
     encoding = "msgpack" if ws.ws_protocol == MSGPACK_PROTOCOL else "json"
-    session = await _hello(services, ws, encoding)
+    session = await _hello(services, request, ws, encoding)
     if session is None:
         return ws
     services.sessions.add(session)
@@ -160,7 +168,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     return ws
 
 
-async def _hello(services: Services, ws: web.WebSocketResponse, encoding: str) -> Session | None:
+async def _hello(services: Services, request: web.Request, ws: web.WebSocketResponse, encoding: str) -> Session | None:
     try:
         msg = await asyncio.wait_for(ws.receive(), HELLO_TIMEOUT_S)
     except TimeoutError:
@@ -181,7 +189,7 @@ async def _hello(services: Services, ws: web.WebSocketResponse, encoding: str) -
         await _send_then_close(ws, encoding, messages.error("bad_token", str(exc)), CLOSE_BAD_TOKEN, str(exc))
         return None
     try:
-        return Session(services, ws, claims, encoding)
+        return Session(services, request, ws, claims, encoding)
     except WireError as exc:
         await _send_then_close(ws, encoding, messages.error(exc.code, exc.message), CLOSE_FORBIDDEN, exc.message)
         return None

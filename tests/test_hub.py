@@ -1,0 +1,242 @@
+"""The fan-out hub: topics, deltas that rebuild the snapshot, serialize-once, and slow consumers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import socket
+import time
+from typing import Any
+
+import pytest
+import websockets
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from callboard.app import SERVICES
+from callboard.clock import FakeClock
+from callboard.config import Config
+from callflow.live import QueueStatsMirror
+from presence.rules import SET, STATES, Intent
+from presence.store import Addressed
+from tests.conftest import connect, make_config, token, ws_url
+from wallboard import patch
+from wallboard.hub import Hub, Subscriber
+from wallboard.mirror import Changes, Mirror
+
+TEAMS = ("north", "south", "east")
+
+
+def big_config(agents: int = 60) -> Config:
+    queues = [{"name": f"q{i}", "team": TEAMS[i % 3]} for i in range(6)]
+    people = [{"id": f"ag{i:03d}", "name": f"Agent {i}", "team": TEAMS[i % 3],
+               "queues": [f"q{i % 6}", f"q{(i + 1) % 6}"]} for i in range(agents)]
+    return make_config(queues=queues, agents=people, teams=[{"name": t} for t in TEAMS])
+
+
+def strip_nulls(doc: Any) -> Any:
+    """Merge patches cannot carry null values (null deletes), so compare documents without them."""
+    if isinstance(doc, dict):
+        return {k: strip_nulls(v) for k, v in doc.items() if v is not None}
+    return doc
+
+
+def scoped(snapshot: dict[str, Any]) -> dict[str, Any]:
+    return strip_nulls({"agents": snapshot["agents"], "queues": snapshot["queues"]})
+
+
+# --- property: deltas applied to the first snapshot always equal a fresh snapshot ---------------------
+
+agent_change = st.fixed_dictionaries({
+    "agent": st.integers(0, 11),
+    "state": st.sampled_from(STATES),
+    "reason": st.one_of(st.none(), st.sampled_from(["lunch", "break", "disconnected"])),
+    "connections": st.integers(0, 3),
+    "call": st.one_of(st.none(), st.fixed_dictionaries({"call_sid": st.sampled_from(["CA1", "CA2"]),
+                                                        "queue": st.just("q0")})),
+})
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(st.lists(agent_change, min_size=1, max_size=6), min_size=1, max_size=12),
+       topics=st.sampled_from([{"all"}, {"team:north"}, {"agent:ag001", "team:south", "queue:q1"}, {"queue:q2"}]))
+def test_deltas_rebuild_the_snapshot(steps: list[list[dict[str, Any]]], topics: set[str]) -> None:
+    async def scenario() -> None:
+        config = big_config(12)
+        clock = FakeClock()
+        mirror = Mirror(config, QueueStatsMirror(config, clock))
+        hub = Hub(mirror, clock, tick_ms=0)
+        hub.reset_published()
+        sub = Subscriber(topics, "json", on_slow=lambda: None)
+        document = hub.subscribe(sub)
+        for seq, step in enumerate(steps):
+            changes = Changes()
+            for change in step:
+                data = {"state": change["state"], "reason": change["reason"], "since_ms": 1000 + seq,
+                        "connections": change["connections"], "seq": seq, "call": change["call"]}
+                mirror.apply_entry("agent", f"ag{change['agent']:03d}", {k: v for k, v in data.items() if v is not None},
+                                   changes)
+            hub.notify(changes)
+            hub.flush()
+        while sub.outbox:
+            message = sub.outbox.popleft().obj
+            assert message["type"] in ("snapshot", "delta")
+            document = patch.apply(document, {k: v for k, v in message.items() if k != "type"})
+        assert scoped(document) == scoped(hub.snapshot(topics))
+
+    asyncio.run(scenario())
+
+
+def test_a_backlog_is_merged_into_one_delta_and_a_stuck_client_is_closed(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr("wallboard.hub.SLOW_CLOSE_S", 0.05)
+    closed = []
+    sub = Subscriber({"all"}, "json", on_slow=lambda: closed.append(True))
+    document: dict[str, Any] = {"agents": {"a": {"state": "offline"}}}
+    expected = document
+    from wallboard.hub import Outgoing
+
+    for i in range(40):
+        delta = {"type": "delta", "agents": {"a": {"state": STATES[i % 5], "seq": i}}}
+        expected = patch.apply(expected, {k: v for k, v in delta.items() if k != "type"})
+        sub.push(Outgoing(delta, json.dumps(delta)))
+    assert len(sub.outbox) <= 33  # merged instead of growing without bound
+    merged = document
+    for item in sub.outbox:
+        merged = patch.apply(merged, {k: v for k, v in item.obj.items() if k != "type"})
+    assert merged == expected  # latest state wins, nothing lost
+    time.sleep(0.06)
+    for i in range(40):
+        sub.push(Outgoing({"type": "delta", "agents": {"a": {"seq": 100 + i}}}, "{}"))
+    assert closed == [True]
+
+
+# --- with real sockets -------------------------------------------------------------------------------
+
+async def _write_random_states(services: Any, rng: random.Random, agents: list[str], n: int) -> None:
+    """Supervisor intents straight into the store: the same Lua path as a click, without a socket."""
+    items = []
+    for _ in range(n):
+        state = rng.choice(["available", "away", "offline"])
+        reason = rng.choice(["lunch", "break", None]) if state == "away" else None
+        items.append(Addressed(rng.choice(agents), Intent(kind=SET, actor="supervisor", state=state, reason=reason)))
+    await services.presence.apply(items, services.clock.now_ms())
+
+
+async def test_200_clients_receive_exactly_their_topics_and_end_in_a_fresh_snapshot(make_instance) -> None:  # type: ignore[no-untyped-def]
+    config = big_config(60)
+    server = await make_instance(config)
+    services = server.app[SERVICES]
+    scopes: list[dict[str, Any]] = (
+        [{"role": "wallboard"}] * 40
+        + [{"role": "wallboard", "teams": [t]} for t in TEAMS] * 20
+        + [{"role": "supervisor", "queues": [f"q{i}"]} for i in range(6)] * 10
+    )
+    clients = []
+    for i, scope in enumerate(scopes):
+        sub = f"viewer{i}"
+        clients.append(await connect(server, token(sub, scope["role"], queues=scope.get("queues"), teams=scope.get("teams"))))
+    assert len(clients) == 160
+    agents = [a.id for a in config.agents]
+    agent_clients = [await connect(server, token(agents[i])) for i in range(40)]
+    clients += agent_clients
+    assert len(clients) == 200
+
+    rng = random.Random(3)
+    for _ in range(20):
+        await _write_random_states(services, rng, agents, 15)
+        await asyncio.sleep(0.01)
+
+    async def settle(client: Any) -> None:
+        """Read until the socket is quiet, then compare with the server's fresh snapshot for its scope."""
+        while True:
+            try:
+                await client.recv(timeout=0.5)
+            except TimeoutError:
+                return
+
+    await asyncio.gather(*(settle(c) for c in clients))
+    for client in clients:
+        topics = set(next(s.sub.topics for s in services.sessions if s.claims.sub == client.welcome["sub"]))
+        allowed_agents, allowed_queues = services.hub.covered(topics)
+        for message in client.messages:
+            if message["type"] == "delta":
+                assert set(message.get("agents", {})) <= set(allowed_agents), (client.welcome, message)
+                assert set(message.get("queues", {})) <= set(allowed_queues), (client.welcome, message)
+        assert scoped(client.snapshot) == scoped(services.hub.snapshot(topics)), client.welcome
+    for client in clients:
+        await client.close()
+
+
+async def test_a_topic_is_serialized_once_per_tick_not_per_client(make_instance) -> None:  # type: ignore[no-untyped-def]
+    config = big_config(12)
+    server = await make_instance(config)
+    services = server.app[SERVICES]
+    walls = [await connect(server, token(f"w{i}", "wallboard")) for i in range(50)]
+    packed = await websockets.connect(ws_url(server), subprotocols=["callboard.v1.msgpack"])
+    import msgpack
+
+    await packed.send(msgpack.packb({"type": "hello", "token": token("mp", "wallboard")}))
+    await packed.recv()
+    await packed.recv()
+    await asyncio.sleep(0.2)
+    before_serial, before_flushes = services.hub.serializations, services.hub.flushes
+    await services.presence.apply([Addressed("ag001", Intent(kind=SET, actor="supervisor", state="away", reason="x"))],
+                                  services.clock.now_ms())
+    await asyncio.gather(*(w.wait_for(lambda s: s["agents"]["ag001"].get("reason") == "x") for w in walls))
+    assert services.hub.flushes - before_flushes == 1
+    # one "all" topic, two encodings in use: two serializations for 51 clients
+    assert services.hub.serializations - before_serial == 2
+    assert all(s.sub.serializations == 0 for s in services.sessions)
+    await packed.close()
+    for w in walls:
+        await w.close()
+
+
+async def test_a_client_that_stops_reading_is_closed_4429_and_others_stay_fast(make_instance, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr("wallboard.hub.SLOW_CLOSE_S", 1.0)
+    config = big_config(60)
+    server = await make_instance(config)
+    services = server.app[SERVICES]
+    fast = await connect(server, token("fast", "wallboard"))
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a tiny window fills fast
+    sock.connect((server.host, server.port))
+    slow = await websockets.connect(ws_url(server), sock=sock, max_queue=1)
+    await slow.send(json.dumps({"type": "hello", "token": token("slow", "wallboard")}))
+    # ...and never reads again. A slow link, emulated: a small send buffer on the server side of this socket
+    # too, so the test does not have to push megabytes through loopback before the backlog shows.
+    for _ in range(50):
+        session = next((s for s in services.sessions if s.claims.sub == "slow"), None)
+        if session is not None:
+            break
+        await asyncio.sleep(0.02)
+    assert session is not None
+    session.ws._req.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # noqa: SLF001
+
+    agents = [a.id for a in config.agents]
+    rng = random.Random(5)
+    lags = []
+    started = time.monotonic()
+    while services.metrics.ws_slow_consumer_closes._value.get() == 0 and time.monotonic() - started < 30:  # noqa: SLF001
+        reason = f"r{rng.random():.12f}" + "x" * 70  # fat deltas (60 agents each) fill socket buffers quickly
+        target = rng.choice(agents)
+        sent = time.monotonic()
+        await services.presence.apply(
+            [Addressed(a, Intent(kind=SET, actor="supervisor", state="away", reason=reason + a)) for a in agents],
+            services.clock.now_ms())
+        await fast.wait_for(lambda s, t=target, r=reason: s["agents"][t].get("reason") == r + t, timeout=5)
+        lags.append(time.monotonic() - sent)
+    assert services.metrics.ws_slow_consumer_closes._value.get() == 1  # noqa: SLF001
+    for _ in range(100):  # the close is under way; its handler cleans up within moments
+        if not any(s.claims.sub == "slow" for s in services.sessions):
+            break
+        await asyncio.sleep(0.05)
+    assert not any(s.claims.sub == "slow" for s in services.sessions)
+    lags.sort()
+    assert lags[len(lags) // 2] < 0.5, f"median change-to-fast-client {lags[len(lags) // 2]:.3f}s"
+    await fast.close()
+    with pytest.raises(Exception):  # noqa: B017 - any close/abort is fine; the server already dropped it
+        for _ in range(10_000):
+            await asyncio.wait_for(slow.recv(), 2)
