@@ -55,10 +55,6 @@ _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)  # worth spool
 Handler = Callable[[web.Request, MultiDictProxy[str]], Awaitable[str]]
 
 
-class TwilioSetupError(RuntimeError):
-    """The Twilio routes cannot start as configured (e.g. no auth token and not --insecure-dev)."""
-
-
 class _Reject(Exception):
     """A refused request: HTTP status, the webhook_rejected reason, and the English text/plain body."""
 
@@ -83,9 +79,14 @@ class CallFlow:
         metrics: Metrics,
         staffed: Callable[[str], bool],
     ) -> None:
+        # Without a token the webhooks stay off (503) but presence and the wallboard still serve: a fresh
+        # `callboard serve` must start, and unsigned calls must never be accepted by accident.
+        self.disabled_reason: str | None = None
         if not auth_token and not insecure:
-            raise TwilioSetupError("TWILIO_AUTH_TOKEN is not set: refusing to serve the Twilio webhooks without "
-                                   "checking signatures (use --insecure-dev for local development only)")
+            self.disabled_reason = ("Twilio webhooks are disabled: TWILIO_AUTH_TOKEN is not set on this server "
+                                    "(use --insecure-dev for local development only).")
+            log.error("TWILIO_AUTH_TOKEN is not set: the Twilio webhooks answer 503 and no calls are counted; "
+                      "set it (or use --insecure-dev for local development only)")
         self.config = config
         self.clock = clock
         self.metrics = metrics
@@ -95,7 +96,7 @@ class CallFlow:
         self.store = CallStore(redis, presence, config)
         self._spool: deque[CallEvent] = deque()
         self._spool_wakeup = asyncio.Event()
-        if self.auth_token is None:
+        if self.auth_token is None and insecure:
             log.warning("INSECURE: Twilio webhook signatures are NOT checked (--insecure-dev); anyone who can "
                         "reach /twilio/voice/ can fake calls and statistics. Never run this in production.")
         if not self.public_url:
@@ -126,6 +127,8 @@ class CallFlow:
         async def view(request: web.Request) -> web.Response:
             started = time.perf_counter()
             try:
+                if self.disabled_reason:
+                    raise _Reject(503, "not_configured", self.disabled_reason)
                 form = await _read_form(request)
                 self._check_signature(request, form)
                 body = await handler(request, form)

@@ -13,7 +13,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from callboard import keys
-from callflow.flow import CallFlow, TwilioSetupError
+from callflow.flow import CallFlow
 from callflow.live import QueueStatsMirror
 from callflow.lua import KEY_NAMES
 from callflow.testing import FakeTwilio
@@ -92,8 +92,14 @@ async def test_no_auth_token_refuses_to_start_unless_insecure(aiohttp_client: An
     h = await make_harness(aiohttp_client, redis)
     kwargs: dict[str, Any] = {"config": h.config, "redis": redis, "presence": h.store, "clock": h.clock,
                               "public_url": None, "metrics": h.metrics, "staffed": lambda q: True}
-    with pytest.raises(TwilioSetupError, match="TWILIO_AUTH_TOKEN"):
-        CallFlow(auth_token=None, insecure=False, **kwargs)
+    with caplog.at_level(logging.ERROR):
+        refusing = CallFlow(auth_token=None, insecure=False, **kwargs)
+    assert any("TWILIO_AUTH_TOKEN" in r.message for r in caplog.records)
+    off = web.Application()
+    off.add_routes(refusing.routes())
+    off_client = await aiohttp_client(off)
+    status, body = await FakeTwilio(off_client, None).post("incoming", {"CallSid": sid(3), "To": SUPPORT})
+    assert status == 503 and "TWILIO_AUTH_TOKEN is not set" in body
     with caplog.at_level(logging.WARNING):
         flow = CallFlow(auth_token=None, insecure=True, **kwargs)
     assert any("INSECURE" in r.message for r in caplog.records)

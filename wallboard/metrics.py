@@ -22,7 +22,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 WEBHOOK_ROUTES = ("incoming", "wait", "agent", "bridge", "queue-result", "status")
-WEBHOOK_REJECT_REASONS = ("bad_signature", "missing_signature", "bad_request", "too_large", "unknown_agent")
+WEBHOOK_REJECT_REASONS = ("bad_signature", "missing_signature", "bad_request", "too_large", "unknown_agent",
+                          "not_configured")
 ROLES = ("agent", "supervisor", "wallboard")
 WAIT_OUTCOMES = ("answered", "abandoned")
 disable_created_metrics()  # the _created series double the scrape size and nobody graphs them
