@@ -11,6 +11,7 @@ import {
   deltaPatch,
   askForToken,
   bindStaleBanner,
+  clockFormatter,
   el,
   everySecond,
   forgetToken,
@@ -102,17 +103,7 @@ function renderHeader() {
   const name = record?.name || me || "Agent";
   setText(dom.agentName, name);
   document.title = `${name} — callboard`;
-  try {
-    clockFormat = new Intl.DateTimeFormat(undefined, {
-      hour: "2-digit",
-      minute: "2-digit",
-      second: "2-digit",
-      hour12: false,
-      timeZone: center.timezone || undefined,
-    });
-  } catch {
-    clockFormat = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false });
-  }
+  clockFormat = clockFormatter(center.timezone);
   renderClock();
   renderReasons();
 }

@@ -194,6 +194,16 @@ export function everySecond(clock, tick) {
 // Formatting.
 
 /** 5 -> "0:05", 65 -> "1:05", 3723 -> "1:02:03"; null/undefined/NaN -> em dash. */
+/** A 24-hour clock formatter in the center's time zone (the browser's own zone if that one is unknown). */
+export function clockFormatter(timezone) {
+  const options = { hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false };
+  try {
+    return new Intl.DateTimeFormat(undefined, { ...options, timeZone: timezone || undefined });
+  } catch {
+    return new Intl.DateTimeFormat(undefined, options);
+  }
+}
+
 export function formatDuration(seconds) {
   if (seconds === null || seconds === undefined || !Number.isFinite(seconds)) return EM_DASH;
   const total = Math.max(0, Math.floor(seconds));

@@ -15,6 +15,7 @@ import {
   deltaPatch,
   askForToken,
   bindStaleBanner,
+  clockFormatter,
   el,
   everySecond,
   forgetToken,
@@ -138,18 +139,8 @@ function renderCenter() {
   const name = center.name || "callboard";
   setText(dom.centerName, name);
   document.title = `${name} — wallboard`;
-  try {
-    clockFormat = new Intl.DateTimeFormat(undefined, {
-      hour: "2-digit",
-      minute: "2-digit",
-      second: "2-digit",
-      hour12: false,
-      timeZone: center.timezone || undefined,
-    });
-    dom.clock.title = center.timezone || "";
-  } catch {
-    clockFormat = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false });
-  }
+  clockFormat = clockFormatter(center.timezone);
+  dom.clock.title = center.timezone || "";
   renderClock();
 }
 
