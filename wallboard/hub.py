@@ -100,12 +100,10 @@ class Subscriber:
 
 
 class Hub:
-    def __init__(self, mirror: Mirror, clock: Clock, *, tick_ms: int = DEFAULT_TICK_MS,
-                 on_sent: Callable[[int], None] | None = None) -> None:
+    def __init__(self, mirror: Mirror, clock: Clock, *, tick_ms: int = DEFAULT_TICK_MS) -> None:
         self.mirror = mirror
         self.clock = clock
         self.tick_s = tick_ms / 1000
-        self.on_sent = on_sent
         self.subscribers: set[Subscriber] = set()
         self._by_topic: dict[str, set[Subscriber]] = {}
         self._published_agents: dict[str, dict[str, Any]] = {}
@@ -249,5 +247,3 @@ class Hub:
                 data = encoded[sub.encoding] = encode(obj, sub.encoding)
                 self.serializations += 1
             sub.push(Outgoing(obj, data))
-        if self.on_sent:
-            self.on_sent(len(subs))

@@ -40,6 +40,8 @@ class Mirror:
         self.queue_stats = queue_stats
         self.agents: dict[str, dict[str, Any]] = {}
         self.pops: dict[str, dict[str, Any]] = {}
+        # Agents per queue and state, kept as entries arrive: a tick or a webhook never scans every agent.
+        self._counts: dict[str, dict[str, int]] = {}
         self.reset_agents({})
 
     def reset_agents(self, records: dict[str, AgentRecord]) -> None:
@@ -50,6 +52,15 @@ class Mirror:
             rec = records.get(agent.id)
             entry.update(rec.public() if rec else _never_seen())
             self.agents[agent.id] = entry
+        self._counts = {q.name: dict.fromkeys(STATES, 0) for q in self.config.queues}
+        for entry in self.agents.values():
+            self._count(entry, +1)
+
+    def _count(self, entry: dict[str, Any], delta: int) -> None:
+        for queue in entry["queues"]:
+            counts = self._counts.get(queue)
+            if counts is not None:
+                counts[entry["state"]] += delta
 
     def apply_entry(self, kind: str, ident: str, data: dict[str, Any], changes: Changes) -> None:
         """Apply one change-stream entry. Entries carry absolute values, so re-applying one is harmless."""
@@ -57,8 +68,12 @@ class Mirror:
             entry = self.agents.get(ident)
             if entry is None:
                 return
+            self._count(entry, -1)
             for name in PUBLIC_AGENT_FIELDS:
                 entry[name] = data.get(name)  # cmsgpack drops nil fields: absent means null
+            if entry["state"] not in STATES:
+                entry["state"] = OFFLINE
+            self._count(entry, +1)
             changes.agents.add(ident)
             changes.queues.update(entry["queues"])
         elif kind == "queue":
@@ -75,15 +90,12 @@ class Mirror:
                 del self.pops[ident]
 
     def agent_counts(self, queue: str) -> dict[str, int]:
-        counts = dict.fromkeys(STATES, 0)
-        for entry in self.agents.values():
-            if queue in entry["queues"]:
-                counts[entry["state"]] += 1
-        return counts
+        return dict(self._counts.get(queue) or dict.fromkeys(STATES, 0))
 
     def staffed(self, queue: str) -> bool:
         """Is any agent of this queue signed in (not offline)? Used by the incoming webhook."""
-        return any(queue in e["queues"] and e["state"] != OFFLINE for e in self.agents.values())
+        counts = self._counts.get(queue)
+        return bool(counts) and sum(counts.values()) > counts[OFFLINE]
 
     def queue_entry(self, queue: str, now_ms: int) -> dict[str, Any]:
         q = self.config.queue(queue)
