@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from callboard.auth import ROLES, issue_token, parse_ttl
 from callboard.config import Config, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from callboard.app import Settings
 
 log = logging.getLogger("callboard")
 
@@ -141,15 +146,15 @@ async def _serve(args: argparse.Namespace, *, demo: bool) -> int:
     notes: list[str] = []
     if not settings.secret:
         secret, created = load_or_create_secret(settings.data_dir)
-        settings = _replace(settings, secret=secret)
+        settings = dataclasses.replace(settings, secret=secret)
         notes.append(("generated a new token secret" if created else "using the token secret") +
                      f" in {settings.data_dir / 'secret'} (set CALLBOARD_SECRET to choose one)")
     if demo and not settings.twilio_auth_token:
         token, _ = load_or_create_secret(settings.data_dir, "twilio-dev-token")
-        settings = _replace(settings, twilio_auth_token=token)
+        settings = dataclasses.replace(settings, twilio_auth_token=token)
         notes.append("demo: Twilio webhooks are signed with a generated dev token")
     if demo and not settings.public_url:
-        settings = _replace(settings, public_url=f"http://{_client_host(settings.host)}:{settings.port}")
+        settings = dataclasses.replace(settings, public_url=f"http://{_client_host(settings.host)}:{settings.port}")
     setup_logging(args.log_format, secrets=[settings.secret, settings.twilio_auth_token, settings.twilio_api_secret])
     for note in notes:
         log.info(note)
@@ -196,12 +201,12 @@ async def _serve(args: argparse.Namespace, *, demo: bool) -> int:
     return 0
 
 
-async def _run_demo_simulation(args: argparse.Namespace, config: Config, settings: object, base: str,
+async def _run_demo_simulation(args: argparse.Namespace, config: Config, settings: Settings, base: str,
                                stop: asyncio.Event) -> None:
     from callboard import simulate
     from callboard.auth import issue_token
 
-    secret = settings.secret  # type: ignore[attr-defined]
+    secret = settings.secret
     wall = issue_token(secret, "demo-wallboard", "wallboard", 7 * 86400)
     agent_id = config.agents[0].id if config.agents else None
     print("\n  callboard demo is running.\n", flush=True)
@@ -211,8 +216,8 @@ async def _run_demo_simulation(args: argparse.Namespace, config: Config, setting
         print(f"  Agent console:  {base}/agent#token={agent}   (the simulator drives {agent_id} too)", flush=True)
     print(f"  Metrics:        {base}/metrics\n  Stop with Ctrl-C.\n", flush=True)
     opts = simulate.options_from_args(args, config=config, secret=secret,
-                                      twilio_auth_token=settings.twilio_auth_token,  # type: ignore[attr-defined]
-                                      public_url=settings.public_url, url=base)  # type: ignore[attr-defined]
+                                      twilio_auth_token=settings.twilio_auth_token or "",
+                                      public_url=settings.public_url, url=base)
     try:
         await simulate.run_simulation(opts, stop=stop)
     except Exception:
@@ -221,12 +226,6 @@ async def _run_demo_simulation(args: argparse.Namespace, config: Config, setting
 
 def _client_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
-
-
-def _replace(settings, **changes):  # type: ignore[no-untyped-def]
-    import dataclasses
-
-    return dataclasses.replace(settings, **changes)
 
 
 if __name__ == "__main__":
