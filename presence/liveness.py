@@ -94,7 +94,7 @@ class Liveness:
 
     async def release(self) -> None:
         """After a drain: give up the lease so nobody has to wait for it to expire."""
-        await self.store.release(self.instance_id)
+        await self.store.release(self.instance_id, self.clock.now_ms())
         self.lease_held = False
 
     async def run_heartbeat(self) -> None:

@@ -254,12 +254,25 @@ HEARTBEAT = """
 return redis.call('ZADD', '%(instances)s', ARGV[2], ARGV[1])
 """ % {"instances": keys.INSTANCES}
 
-# RELEASE — drop this instance's lease after a graceful drain (connections were already deregistered).
-#   KEYS: none.  ARGV[1] instance id.  Returns 1 if the lease existed.
-RELEASE = """
-redis.call('DEL', '%(prefix)sconns:' .. ARGV[1])
-return redis.call('ZREM', '%(instances)s', ARGV[1])
-""" % {"instances": keys.INSTANCES, "prefix": keys.PREFIX}
+# RELEASE — drop this instance's lease after a graceful drain.
+#   KEYS: none.  ARGV: header, then ARGV[6] instance id.
+#   A connection still registered (its own disconnect write has not landed yet) is disconnected here,
+#   exactly as the sweeper would, so deleting the registry can never leave an agent a ghost connection.
+#   Returns the number of connections it disconnected.
+RELEASE_BODY = """
+local reg = PREFIX .. 'conns:' .. ARGV[6]
+local entries = redis.call('HGETALL', reg)
+local n = 0
+for i = 1, #entries, 2 do
+  if redis.call('HDEL', reg, entries[i]) == 1 then
+    apply(entries[i + 1], {kind = 'disconnect', actor = 'system'})
+    n = n + 1
+  end
+end
+redis.call('DEL', reg)
+redis.call('ZREM', '%(instances)s', ARGV[6])
+return n
+""" % {"instances": keys.INSTANCES}
 
 # Default handle-time hook: nothing (presence alone does not keep call statistics).
 NO_HANDLED_HOOK = "call_handled = nil\n"

@@ -58,7 +58,7 @@ class PresenceStore:
         self._apply = redis.register_script(lua.build_script(lua.APPLY_INTENTS_BODY, handled_hook))
         self._sweep = redis.register_script(lua.build_script(lua.SWEEP_BODY, handled_hook))
         self._heartbeat = redis.register_script(lua.HEARTBEAT)
-        self._release = redis.register_script(lua.RELEASE)
+        self._release = redis.register_script(lua.build_script(lua.RELEASE_BODY, handled_hook))
         self.lua_calls = 0  # every script call, for the batching ratio
 
     def header(self, now_ms: int) -> list[Any]:
@@ -86,9 +86,10 @@ class PresenceStore:
         self.lua_calls += 1
         return bool(await self._heartbeat(args=[instance, expires_ms]))
 
-    async def release(self, instance: str) -> None:
+    async def release(self, instance: str, now_ms: int) -> int:
+        """Give up the lease; connections still registered are disconnected (returns how many)."""
         self.lua_calls += 1
-        await self._release(args=[instance])
+        return int(await self._release(args=[*self.header(now_ms), instance]))
 
     async def read_agents(self) -> dict[str, AgentRecord]:
         """All agent records in one round trip."""
