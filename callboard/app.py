@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 
 from callboard import __version__
@@ -291,7 +291,8 @@ async def _pending_gauge(s: Services) -> None:
 
 def redis_client(url: str) -> Redis:
     """A pooled asyncio client with timeouts, so an outage turns into errors instead of hangs."""
-    return Redis.from_url(url, socket_connect_timeout=2, socket_timeout=10, health_check_interval=15,
-                          retry_on_timeout=False)
+    pool = BlockingConnectionPool.from_url(url, max_connections=100, timeout=5, socket_connect_timeout=2,
+                                           socket_timeout=10, health_check_interval=15)
+    return Redis(connection_pool=pool, retry_on_timeout=False)
 
 

@@ -109,6 +109,11 @@ class Hub:
         self._published_agents: dict[str, dict[str, Any]] = {}
         self._published_queues: dict[str, dict[str, Any]] = {}
         self._dirty = Changes()
+        # static from the config: a connect then costs O(team), not O(all agents)
+        self._agent_order = {a.id: i for i, a in enumerate(mirror.config.agents)}
+        self._team_agents: dict[str, list[str]] = {}
+        for a in mirror.config.agents:
+            self._team_agents.setdefault(a.team or "", []).append(a.id)
         self._last_flush = 0.0
         self._scheduled: asyncio.TimerHandle | None = None
         self.serializations = 0  # topic x encoding serializations: the "once per topic per tick" proof
@@ -149,7 +154,15 @@ class Hub:
         topics = set(topics)
         if "all" in topics:
             return list(self.mirror.agents), [q.name for q in self.mirror.config.queues]
-        agents = [a for a, e in self.mirror.agents.items() if f"agent:{a}" in topics or f"team:{e['team']}" in topics]
+        ids: set[str] = set()
+        for topic in topics:
+            kind, _, name = topic.partition(":")
+            if kind == "agent":
+                ids.add(name)
+            elif kind == "team":
+                ids.update(self._team_agents.get(name, ()))
+        order = self._agent_order
+        agents = sorted((a for a in ids if a in self.mirror.agents), key=lambda a: order.get(a, len(order)))
         queues = [q.name for q in self.mirror.config.queues if f"queue:{q.name}" in topics]
         return agents, queues
 
@@ -202,8 +215,11 @@ class Hub:
         if not (agent_patches or queue_patches):
             return
         self.flushes += 1
+        by_team: dict[str, dict[str, Any]] = {}
+        for agent_id, d in agent_patches.items():
+            by_team.setdefault(self.mirror.agents[agent_id]["team"], {})[agent_id] = d
         for topic in list(self._by_topic):
-            body = self._topic_patch(topic, agent_patches, queue_patches)
+            body = self._topic_patch(topic, agent_patches, queue_patches, by_team)
             if body:
                 self._send_topic(topic, {"type": "delta", "server_time_ms": now_ms, **body})
 
@@ -218,7 +234,8 @@ class Hub:
             await asyncio.sleep(QUEUE_TICK_S)
             self.tick_queues()
 
-    def _topic_patch(self, topic: str, agents: dict[str, Any], queues: dict[str, Any]) -> dict[str, Any]:
+    def _topic_patch(self, topic: str, agents: dict[str, Any], queues: dict[str, Any],
+                     by_team: dict[str, dict[str, Any]]) -> dict[str, Any]:
         if topic == "all":
             body: dict[str, Any] = {}
             if agents:
@@ -230,7 +247,7 @@ class Hub:
         if kind == "agent":
             return {"agents": {name: agents[name]}} if name in agents else {}
         if kind == "team":
-            mine = {a: p for a, p in agents.items() if self.mirror.agents[a]["team"] == name}
+            mine = by_team.get(name)
             return {"agents": mine} if mine else {}
         if kind == "queue":
             return {"queues": {name: queues[name]}} if name in queues else {}
