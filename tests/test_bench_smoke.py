@@ -1,0 +1,40 @@
+"""Every bench script runs small (--smoke) and prints JSON lines with the load it ran.
+
+These are smoke runs, not measurements: no figure is asserted here (figures live in docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = ["presence_absorb", "fanout", "peer_fanout", "snapshot", "webhooks"]
+
+
+def _bench_redis_url() -> str:
+    url = os.environ.get("REDIS_URL", "")
+    parts = urlsplit(url)
+    if parts.scheme != "redis" or not parts.hostname:
+        if os.environ.get("CI"):
+            pytest.fail("CI must give the benches a TCP Redis in REDIS_URL")
+        pytest.skip("the bench smoke runs need a TCP Redis in REDIS_URL (they use its database 6)")
+    return f"redis://{parts.hostname}:{parts.port or 6379}/6"
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_bench_script_smoke_run(script: str) -> None:
+    env = {**os.environ, "BENCH_REDIS_URL": _bench_redis_url()}
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / f"{script}.py"), "--smoke"],
+                            capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    assert lines, f"{script} printed no JSON line"
+    for line in lines:
+        assert isinstance(line.get("bench"), str) and isinstance(line.get("load"), dict), line
