@@ -27,6 +27,7 @@ local MAXLEN = ARGV[5]
 local AGENTS = '%(agents)s'
 local CHANGES = '%(changes)s'
 local TIMERS = '%(timers)s'
+local INSTANCES = '%(instances)s'
 local PREFIX = '%(prefix)s'
 
 local function emit(kind, id, payload)
@@ -176,11 +177,30 @@ local function apply(id, it)
   if new ~= nil then save_rec(id, new, wrap_ended) end
   return err or false
 end
+
+-- An instance is gone (lease expired, or released after a drain): disconnect every connection still
+-- registered under it (HDEL decides who does it when several run at once), drop the registry and the
+-- lease. Returns how many connections it disconnected.
+local function end_instance(inst)
+  local reg = PREFIX .. 'conns:' .. inst
+  local entries = redis.call('HGETALL', reg)
+  local n = 0
+  for i = 1, #entries, 2 do
+    if redis.call('HDEL', reg, entries[i]) == 1 then
+      apply(entries[i + 1], {kind = 'disconnect', actor = 'system'})
+      n = n + 1
+    end
+  end
+  redis.call('DEL', reg)
+  redis.call('ZREM', INSTANCES, inst)
+  return n
+end
 """
     % {
         "agents": keys.AGENTS,
         "changes": keys.CHANGES,
         "timers": keys.TIMERS,
+        "instances": keys.INSTANCES,
         "prefix": keys.PREFIX,
         "max_reason": 100,
     }
@@ -216,18 +236,9 @@ return cmsgpack.pack(results)
 #   Returns: {instances reaped, connections reaped, timers fired}.
 SWEEP_BODY = """
 local reaped, conns, fired = 0, 0, 0
-local dead = redis.call('ZRANGEBYSCORE', '%(instances)s', '-inf', '(' .. NOW)
+local dead = redis.call('ZRANGEBYSCORE', INSTANCES, '-inf', '(' .. NOW)
 for _, inst in ipairs(dead) do
-  local reg = PREFIX .. 'conns:' .. inst
-  local entries = redis.call('HGETALL', reg)
-  for i = 1, #entries, 2 do
-    if redis.call('HDEL', reg, entries[i]) == 1 then
-      apply(entries[i + 1], {kind = 'disconnect', actor = 'system'})
-      conns = conns + 1
-    end
-  end
-  redis.call('DEL', reg)
-  redis.call('ZREM', '%(instances)s', inst)
+  conns = conns + end_instance(inst)
   reaped = reaped + 1
 end
 local due = redis.call('ZRANGEBYSCORE', TIMERS, '-inf', NOW, 'LIMIT', 0, tonumber(ARGV[6]))
@@ -244,7 +255,7 @@ for _, member in ipairs(due) do
   fired = fired + 1
 end
 return {reaped, conns, fired}
-""" % {"instances": keys.INSTANCES}
+"""
 
 # HEARTBEAT — renew this instance's lease.
 #   KEYS: none.  ARGV[1] instance id, ARGV[2] lease expiry ms.
@@ -260,19 +271,8 @@ return redis.call('ZADD', '%(instances)s', ARGV[2], ARGV[1])
 #   exactly as the sweeper would, so deleting the registry can never leave an agent a ghost connection.
 #   Returns the number of connections it disconnected.
 RELEASE_BODY = """
-local reg = PREFIX .. 'conns:' .. ARGV[6]
-local entries = redis.call('HGETALL', reg)
-local n = 0
-for i = 1, #entries, 2 do
-  if redis.call('HDEL', reg, entries[i]) == 1 then
-    apply(entries[i + 1], {kind = 'disconnect', actor = 'system'})
-    n = n + 1
-  end
-end
-redis.call('DEL', reg)
-redis.call('ZREM', '%(instances)s', ARGV[6])
-return n
-""" % {"instances": keys.INSTANCES}
+return end_instance(ARGV[6])
+"""
 
 # Default handle-time hook: nothing (presence alone does not keep call statistics).
 NO_HANDLED_HOOK = "call_handled = nil\n"
