@@ -46,8 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     from callboard import simulate
 
     simulate.add_arguments(demo)
-    # The demo center has 12 agents: 2 calls a minute keeps it busy but believable (about 80% within SL).
-    demo.set_defaults(func=_cmd_demo, calls_per_minute=2.0, url=None)
+    # The demo center has 12 agents and ~3-minute calls: 4 a minute keeps the floor busy from the first
+    # minute with some callers waiting and a few abandons, as a real busy hour looks.
+    demo.set_defaults(func=_cmd_demo, calls_per_minute=4.0, url=None)
 
     sim = sub.add_parser("simulate", help="drive a running callboard like Twilio and softphones would")
     simulate.add_arguments(sim)
