@@ -12,6 +12,7 @@ clients, the same change driver and the same clocks; only the wire protocol diff
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import json
@@ -56,7 +57,7 @@ def reasons_in(msg: dict[str, Any]) -> list[tuple[str, str]]:
 # -- protocols ------------------------------------------------------------------------------------------
 
 
-class Conn:
+class Conn(abc.ABC):
     """One client connection; subclasses speak the protocol. `on_delta(msg)` gets each delta body."""
 
     def __init__(self, spec: ClientSpec) -> None:
@@ -64,14 +65,17 @@ class Conn:
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.messages = 0
 
+    @abc.abstractmethod
     async def open(self, session: aiohttp.ClientSession, base_ws: str) -> None:
-        raise NotImplementedError
+        """Implemented by each protocol's subclass."""
 
+    @abc.abstractmethod
     async def read(self, on_delta: Any) -> None:
-        raise NotImplementedError
+        """Implemented by each protocol's subclass."""
 
+    @abc.abstractmethod
     async def set_state(self, agent: str, state: str, reason: str | None) -> None:
-        raise NotImplementedError
+        """Implemented by each protocol's subclass."""
 
     async def close(self) -> None:
         if self.ws is not None:

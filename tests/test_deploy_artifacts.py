@@ -175,7 +175,7 @@ def promtool() -> str:
     if path is None:
         if os.environ.get("CI"):
             pytest.fail("promtool is not on PATH; CI installs it (Debian/Ubuntu package `prometheus`)")
-        pytest.skip("promtool is not on PATH (apt-get install prometheus provides /usr/bin/promtool)")
+        pytest.skip(reason="promtool is not on PATH (apt-get install prometheus provides /usr/bin/promtool)")
     return path
 
 
