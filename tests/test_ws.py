@@ -96,7 +96,7 @@ async def test_the_msgpack_subprotocol_speaks_the_same_shapes(make_instance) -> 
 @pytest.mark.parametrize("bad_token,why", [
     (None, "missing token"),
     ("not-a-jwt", "invalid token"),
-    (issue_token("another-secret-0123456789abcdef", "alice", "agent"), "invalid token"),
+    (issue_token("another-secret-0123456789abcdef-also-long", "alice", "agent"), "invalid token"),
     (issue_token(SECRET, "alice", "agent", ttl_s=10, now_s=1_000_000), "token expired"),
 ])
 async def test_bad_tokens_are_closed_4401(make_instance, bad_token, why) -> None:  # type: ignore[no-untyped-def]
