@@ -159,6 +159,9 @@ async def _serve(args: argparse.Namespace, *, demo: bool) -> int:
     setup_logging(args.log_format, secrets=[settings.secret, settings.twilio_auth_token, settings.twilio_api_secret])
     for note in notes:
         log.info(note)
+    if len(settings.secret) < 32:
+        log.warning("CALLBOARD_SECRET is shorter than 32 characters: tokens signed with it are easier to forge; "
+                    "use a long random value (e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')")
     log.info("config: %s (%d queues, %d agents)", config.source, len(config.queues), len(config.agents))
 
     embedded = None
