@@ -1,16 +1,10 @@
-"""App composition: settings from the environment, the services of one instance, and their lifecycle."""
+"""App composition: build the services of one instance, wire the routes, and run their lifecycle."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import secrets
-from collections.abc import AsyncIterator, Coroutine
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -19,6 +13,7 @@ from redis.exceptions import RedisError
 from callboard import __version__
 from callboard.clock import Clock
 from callboard.config import Config
+from callboard.services import SERVICES, Services, Settings
 from callflow.flow import CallFlow
 from callflow.live import QueueStatsMirror
 from callflow.lua import CALL_HANDLED_HOOK
@@ -28,7 +23,6 @@ from presence.liveness import Liveness
 from presence.rules import Settings as RuleSettings
 from presence.store import PresenceStore
 from wallboard import api
-from wallboard.const import CLOSE_RESTART
 from wallboard.follower import Follower
 from wallboard.hub import Hub
 from wallboard.metrics import Metrics
@@ -38,167 +32,6 @@ from wallboard.shared_gauges import shared_state_collector
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024  # webhooks and API bodies are small; bigger ones are refused with 413
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Deployment settings and secrets; from the environment, never from the config file."""
-
-    host: str = "127.0.0.1"
-    port: int = 8080
-    redis_url: str | None = None
-    public_url: str | None = None
-    secret: str = ""
-    twilio_auth_token: str | None = None
-    twilio_account_sid: str | None = None
-    twilio_api_key: str | None = None
-    twilio_api_secret: str | None = None
-    twilio_twiml_app_sid: str | None = None
-    data_dir: Path = Path(".callboard")
-    insecure_dev: bool = False
-
-    @classmethod
-    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
-        env = dict(os.environ if env is None else env)
-        values: dict[str, Any] = {
-            "host": env.get("HOST", "127.0.0.1"),
-            "port": int(env.get("PORT", "8080")),
-            "redis_url": env.get("REDIS_URL") or None,
-            "public_url": (env.get("PUBLIC_URL") or "").rstrip("/") or None,
-            "secret": env.get("CALLBOARD_SECRET", ""),
-            "twilio_auth_token": env.get("TWILIO_AUTH_TOKEN") or None,
-            "twilio_account_sid": env.get("TWILIO_ACCOUNT_SID") or None,
-            "twilio_api_key": env.get("TWILIO_API_KEY") or None,
-            "twilio_api_secret": env.get("TWILIO_API_SECRET") or None,
-            "twilio_twiml_app_sid": env.get("TWILIO_TWIML_APP_SID") or None,
-            "data_dir": Path(env.get("CALLBOARD_DATA", ".callboard")),
-        }
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
-
-
-def load_or_create_secret(data_dir: Path, name: str = "secret") -> tuple[str, bool]:
-    """A random secret kept in the data directory (0600); returns (secret, created)."""
-    path = data_dir / name
-    if path.exists():
-        return path.read_text(encoding="utf-8").strip(), False
-    data_dir.mkdir(parents=True, exist_ok=True)
-    value = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(value + "\n")
-    return value, True
-
-
-@dataclass
-class Services:
-    """Everything one instance runs, reachable from views as request.app[SERVICES]."""
-
-    config: Config
-    settings: Settings
-    clock: Clock
-    redis: Redis
-    metrics: Metrics
-    presence: PresenceStore
-    batcher: Batcher
-    liveness: Liveness
-    mirror: Mirror
-    hub: Hub
-    follower: Follower
-    callflow: CallFlow
-    sessions: set[Any] = field(default_factory=set)
-    draining: bool = False
-    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
-
-    @property
-    def secret(self) -> str:
-        return self.settings.secret
-
-    def count_redis_error(self, exc: BaseException | None = None) -> None:
-        self.metrics.redis_errors.inc()
-
-    def origin_allowed(self, request: web.Request) -> bool:
-        """Browsers send Origin on websocket upgrades; refuse foreign pages unless configured."""
-        origin = request.headers.get("Origin")
-        if not origin:
-            return True  # not a browser (simulator, tests, curl): tokens still apply
-        if origin in self.config.server.allowed_origins:
-            return True
-        host = request.headers.get("X-Forwarded-Host", request.host)
-        return urlsplit(origin).netloc == host
-
-    def readiness_problems(self) -> list[str]:
-        problems = []
-        if self.draining:
-            problems.append("draining for shutdown")
-        if not self.follower.caught_up.is_set():
-            problems.append("change stream not caught up (Redis unreachable?)")
-        if not self.callflow.redis_ok:
-            problems.append(f"Redis unreachable; {self.callflow.spool_depth} call events spooled")
-        if not self.liveness.lease_held:
-            problems.append("no instance lease yet")
-        return problems
-
-    def start(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
-        task = asyncio.create_task(_logged(coro, name), name=name)
-        self.tasks.append(task)
-
-    async def stop_tasks(self) -> None:
-        """Cancel the background tasks; a task that ignores a cancellation is cancelled again, and named."""
-        pending = {t for t in self.tasks if not t.done()}
-        for _ in range(5):
-            if not pending:
-                break
-            for task in pending:
-                task.cancel()
-            _, pending = await asyncio.wait(pending, timeout=2.0)
-        for task in pending:
-            log.error("background task %s did not stop when cancelled", task.get_name())
-        for task in self.tasks:
-            if task.done() and not task.cancelled() and task.exception() is not None:
-                log.error("background task %s had died: %r", task.get_name(), task.exception())
-        self.tasks.clear()
-
-    async def drain(self) -> None:
-        """Graceful shutdown: close sockets 1012, deregister them as ordinary disconnects, release the lease."""
-        if self.draining:
-            return
-        self.draining = True
-        log.info("draining %d websocket(s) for shutdown", len(self.sessions))
-        await asyncio.gather(*(s.close(CLOSE_RESTART, "server restart") for s in list(self.sessions)),
-                             return_exceptions=True)
-        for _ in range(50):  # the handlers' finally blocks deregister; give them a moment
-            if not self.liveness.connections:
-                break
-            await asyncio.sleep(0.02)
-        try:
-            async with asyncio.timeout(5.0):  # Redis away: the lease then expires by itself, as after a crash
-                await self.batcher.drain()
-                await self.liveness.release()
-        except (RedisError, OSError, TimeoutError) as exc:
-            log.warning("could not finish the drain in Redis (%s); the lease will expire instead", exc)
-
-    async def crash(self) -> None:
-        """Tests only: die like SIGKILL would — no drain, no deregistration, sockets cut."""
-        self.liveness.frozen = True
-        await self.stop_tasks()
-        await self.batcher.stop()
-        for session in list(self.sessions):
-            if session.transport is not None:
-                session.transport.abort()
-
-
-async def _logged(coro: Coroutine[Any, Any, Any], name: str) -> None:
-    try:
-        await coro
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        log.exception("background task %s died", name)
-        raise
-
-
-SERVICES = web.AppKey("services", Services)
 
 
 def build_services(config: Config, settings: Settings, redis: Redis, *, clock: Clock | None = None,

@@ -17,7 +17,7 @@ from callboard.auth import ROLES, issue_token, parse_ttl
 from callboard.config import Config, ConfigError, load_config
 
 if TYPE_CHECKING:
-    from callboard.app import Settings
+    from callboard.services import Settings
 
 log = logging.getLogger("callboard")
 
@@ -92,7 +92,7 @@ def _load_config_or_exit(arg: str | None) -> Config:
 
 
 def _cmd_token(args: argparse.Namespace) -> int:
-    from callboard.app import Settings, load_or_create_secret
+    from callboard.services import Settings, load_or_create_secret
 
     settings = Settings.from_env()
     secret = settings.secret
@@ -123,7 +123,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from callboard import simulate
-    from callboard.app import Settings, load_or_create_secret
+    from callboard.services import Settings, load_or_create_secret
 
     config = _load_config_or_exit(args.config)
     settings = Settings.from_env()
@@ -138,9 +138,10 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 async def _serve(args: argparse.Namespace, *, demo: bool) -> int:
-    from callboard.app import Settings, build_app, load_or_create_secret, redis_client
+    from callboard.app import build_app, redis_client
     from callboard.embedded import EmbeddedRedis, EmbeddedRedisError
     from callboard.logs import AccessLogger, setup_logging
+    from callboard.services import Settings, load_or_create_secret
 
     config = _load_config_or_exit(args.config)
     settings = Settings.from_env(host=args.host, port=args.port, insecure_dev=getattr(args, "insecure_dev", None))

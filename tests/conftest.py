@@ -109,7 +109,7 @@ def token(sub: str, role: str = "agent", **kw: Any) -> str:
 
 @pytest.fixture
 def settings() -> Any:
-    from callboard.app import Settings
+    from callboard.services import Settings
 
     return Settings(secret=SECRET, twilio_auth_token=TWILIO_TOKEN, public_url=None)
 

@@ -30,9 +30,10 @@ from aiohttp import web
 from redis.asyncio import Redis
 from yarl import URL
 
-from callboard.app import SERVICES, build_app
+from callboard.app import build_app
 from callboard.clock import Clock
 from callboard.config import Config, demo_config
+from callboard.services import SERVICES
 from callflow.flow import BASE_PATH
 from callflow.testing import FakeTwilio
 from tests.conftest import TWILIO_TOKEN, WsClient, connect, token

@@ -14,9 +14,9 @@ import websockets
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from callboard.app import SERVICES
 from callboard.clock import FakeClock
 from callboard.config import Config
+from callboard.services import SERVICES
 from callflow.live import QueueStatsMirror
 from presence.rules import SET, STATES, Intent
 from presence.store import Addressed

@@ -11,7 +11,7 @@ from aiohttp import ClientSession
 from redis.asyncio import Redis
 
 from callboard import keys
-from callboard.app import SERVICES
+from callboard.services import SERVICES
 from tests.conftest import connect, token
 
 

@@ -13,7 +13,7 @@ import pytest
 from aiohttp import ClientSession
 from redis.asyncio import Redis
 
-from callboard.app import SERVICES
+from callboard.services import SERVICES
 from callflow.testing import FakeTwilio
 from tests.conftest import TEST_CENTER, TWILIO_TOKEN, connect, make_config, token
 from tests.procs import declared_types, parse_samples

@@ -292,7 +292,7 @@ async def test_three_processes_kill_one_drain_one_nobody_else_notices(procs: Pro
 async def test_a_drain_writes_every_disconnect_before_releasing_its_lease(make_instance, redis: Redis) -> None:  # type: ignore[no-untyped-def]
     """The deterministic form of the hand-over race above: a deregistration whose Redis write is slow (a
     new pool connection, a busy Redis) must still land before RELEASE deletes the connection registry."""
-    from callboard.app import SERVICES
+    from callboard.services import SERVICES
     from presence.store import decode_record
     from tests.conftest import connect
 

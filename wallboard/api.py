@@ -5,24 +5,20 @@ from __future__ import annotations
 import asyncio
 import json
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 from redis.exceptions import RedisError
 
 from callboard.auth import Claims, TokenError, verify_token
+from callboard.services import SERVICES, Services
 from presence.rules import SET, Intent, validate_set
 from wallboard import messages
-
-if TYPE_CHECKING:
-    from callboard.app import Services
 
 JSON_HEADERS = {"Cache-Control": "no-store"}
 
 
 def _services(request: web.Request) -> Services:
-    from callboard.app import SERVICES
-
     return request.app[SERVICES]
 
 

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
 
 from prometheus_client.core import GaugeMetricFamily
 
+from callboard.services import Services
 from presence.rules import STATES
-
-if TYPE_CHECKING:
-    from callboard.app import Services
 
 
 def shared_state_collector(services: Services) -> Callable[[], Iterable[GaugeMetricFamily]]:

@@ -6,12 +6,13 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import WSMsgType, web
 from redis.exceptions import RedisError
 
 from callboard.auth import TokenError, verify_token
+from callboard.services import SERVICES, Services
 from presence.rules import SET, Intent, validate_set
 from wallboard import messages
 from wallboard.const import (
@@ -31,9 +32,6 @@ from wallboard.const import (
 )
 from wallboard.hub import Subscriber
 from wallboard.messages import WireError
-
-if TYPE_CHECKING:
-    from callboard.app import Services
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +120,6 @@ class Session:
 
 
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
-    from callboard.app import SERVICES
-
     services = request.app[SERVICES]
     if not services.origin_allowed(request):
         return web.Response(status=403, text="websocket origin not allowed\n")
