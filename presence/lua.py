@@ -72,17 +72,19 @@ local function same_call(held, given)
   return held ~= nil and given ~= nil and held.call_sid ~= nil and held.call_sid == given.call_sid
 end
 
--- Mirrors rules._to: enter a state; leaving wrap-up reports its length.
-local function to(rec, state, reason)
+-- Mirrors rules._to: enter a state at `at` (default NOW); leaving wrap-up reports its length, capped at
+-- the configured wrap-up as rules.decide caps it (a late timer never lengthens handle time).
+local function to(rec, state, reason, at)
+  at = at or NOW
   local wrap_ended = nil
   if rec.state == 'wrap-up' and state ~= 'wrap-up' and rec.wrap ~= nil then
     wrap_ended = rec.wrap
-    wrap_ended.wrap_ms = math.max(NOW - rec.since_ms, 0)
+    wrap_ended.wrap_ms = math.max(math.min(at - rec.since_ms, WRAP_MS), 0)
     rec.wrap = nil
   end
   rec.state = state
   rec.reason = reason
-  rec.since_ms = NOW
+  rec.since_ms = at
   rec.seq = rec.seq + 1
   return rec, nil, wrap_ended
 end
@@ -165,7 +167,8 @@ local function decide(rec, it)
     return to(rec, 'wrap-up', nil)
   elseif kind == 'wrap_done' then
     if rec.state ~= 'wrap-up' or not same_call(rec.wrap, it.call) then return nil end
-    return to(rec, 'available', nil)
+    -- available since the timer was due, however late the sweep fired it (rules.decide says why)
+    return to(rec, 'available', nil, math.max(math.min(NOW, rec.since_ms + WRAP_MS), rec.since_ms))
   end
   return nil, 'bad_kind'
 end

@@ -92,7 +92,19 @@ def validate_set(actor: str, state: object, reason: object) -> str | None:
 
 
 def decide(rec: AgentRecord, intent: Intent, settings: Settings, now_ms: int) -> Decision:
-    """Apply one intent to one record. Unchanged records come back with changed=False."""
+    """Apply one intent to one record. Unchanged records come back with changed=False.
+
+    Wrap-up spent is capped at wrap_up_s: past its scheduled end the agent was due to be available, and a
+    sweep that fired late (busy, or Redis away) must not make handle time grow with its delay.
+    """
+    decision = _decide(rec, intent, settings, now_ms)
+    ended = decision.wrap_ended
+    if ended is not None and ended["wrap_ms"] > settings.wrap_up_s * 1000:
+        decision = replace(decision, wrap_ended={**ended, "wrap_ms": max(settings.wrap_up_s * 1000, 0)})
+    return decision
+
+
+def _decide(rec: AgentRecord, intent: Intent, settings: Settings, now_ms: int) -> Decision:
     if intent.seq is not None and intent.seq < rec.seq:
         return Decision(rec, False, "stale")
     kind = intent.kind
@@ -132,7 +144,8 @@ def decide(rec: AgentRecord, intent: Intent, settings: Settings, now_ms: int) ->
     if kind == WRAP_DONE:
         if rec.state != WRAP_UP or not _same_call(rec.wrap, intent.call):
             return Decision(rec, False)
-        return _to(rec, AVAILABLE, None, now_ms)
+        # The agent has been available since the timer was due, however late the sweeper fired it.
+        return _to(rec, AVAILABLE, None, max(min(now_ms, rec.since_ms + settings.wrap_up_s * 1000), rec.since_ms))
     raise ValueError(f"unknown intent kind {kind!r}")
 
 

@@ -117,6 +117,22 @@ def test_wrap_up_time_is_reported_when_it_ends() -> None:
     assert decision.record.wrap is None
 
 
+def test_a_late_wrap_up_timer_ends_wrap_up_when_it_was_due() -> None:
+    # wrap_up_s=15; the sweep (or Redis) was away for 45 s more: wrap-up spent is 15 s, not 60 s
+    wrapping = rec(WRAP_UP, since_ms=NOW - 60_000)
+    decision = decide(wrapping, Intent(kind=WRAP_DONE, call=CALL1), SETTINGS, NOW)
+    assert decision.wrap_ended == {**CALL1, "wrap_ms": 15_000}
+    assert (decision.record.state, decision.record.since_ms) == (AVAILABLE, NOW - 45_000)
+
+
+def test_leaving_wrap_up_after_it_was_due_counts_only_the_wrap_up_time() -> None:
+    wrapping = rec(WRAP_UP, since_ms=NOW - 60_000)
+    for intent in (agent_set(AWAY, "lunch"), sup_set(OFFLINE), Intent(kind=CALL_START, call=CALL2)):
+        decision = decide(wrapping, intent, SETTINGS, NOW)
+        assert decision.wrap_ended == {**CALL1, "wrap_ms": 15_000}, intent
+        assert decision.record.since_ms == NOW, intent  # the new state starts now: it is a change made now
+
+
 def test_no_wrap_up_reports_zero_when_the_call_ends() -> None:
     decision = decide(rec(ON_CALL), Intent(kind=CALL_END, call=CALL1), replace(SETTINGS, wrap_up_s=0), NOW)
     assert decision.record.state == AVAILABLE
