@@ -36,8 +36,10 @@ class Applied:
     mode: str | None = None
     queue: str | None = None
     outcome: str | None = None
-    qt_ms: int | None = None
+    qt_ms: int | None = None  # None when counted with an unknown wait (see stats.ANSWERED_WAIT_UNKNOWN)
     handled: tuple[tuple[str, int], ...] = ()
+    qt_refused: str | None = None  # why Twilio's QueueTime was not believed (stats.bounded_queue_time_ms)
+    qt_given_s: int | None = None  # the refused QueueTime
 
 
 class CallStore:
@@ -66,4 +68,6 @@ class CallStore:
             outcome=out.get("outcome"),
             qt_ms=None if out.get("qt_ms") is None else int(out["qt_ms"]),
             handled=tuple((str(q), int(ms)) for q, ms in handled),
+            qt_refused=out.get("qt_refused"),
+            qt_given_s=None if out.get("qt_given_s") is None else int(out["qt_given_s"]),
         )

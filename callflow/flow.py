@@ -31,7 +31,11 @@ from callflow.events import AGENT_LEG, BRIDGE, INCOMING, QUEUE_RESULT, STATUS, A
 from callflow.stats import (
     ABANDONED,
     BRIDGED_RESULTS,
+    MAX_QUEUE_TIME_S,
+    OVER_MAX,
+    OVER_MEASURED,
     QUEUE_RESULT_OUTCOMES,
+    QUEUE_TIME_TOLERANCE_S,
     outcome_of,
     parse_queue_time_s,
     should_announce,
@@ -50,6 +54,10 @@ HANDLED_DRAIN_EVERY_S = 1.0
 # 15 s and callers hear silence meanwhile. An event that did reach Redis is harmless to apply again.
 REDIS_WAIT_S = 1.0  # first and longest pause between replay attempts while Redis is away
 END_STATUSES = frozenset({"completed", "busy", "failed", "no-answer", "canceled"})
+QT_REFUSALS = {
+    OVER_MAX: f"over {MAX_QUEUE_TIME_S // 3600} hours, Twilio's longest call",
+    OVER_MEASURED: f"more than {QUEUE_TIME_TOLERANCE_S} s beyond the time since the call entered",
+}
 _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)  # worth spooling; other errors are bugs
 
 Handler = Callable[[web.Request, MultiDictProxy[str]], Awaitable[str]]
@@ -345,15 +353,23 @@ class CallFlow:
         m = self.metrics
         if applied.counted and applied.queue:
             queue = applied.queue
+            if applied.qt_refused:
+                log.warning("call %s: QueueTime=%s s is beyond bounds (%s); counted the measured queue time "
+                            "%s instead", event.fields.get("sid"), applied.qt_given_s,
+                            QT_REFUSALS.get(applied.qt_refused, applied.qt_refused),
+                            "(unknown)" if applied.qt_ms is None else f"{applied.qt_ms / 1000:g} s")
+            # An unknown wait (None) is counted as answered / abandoned but never observed as a wait.
             if event.kind == INCOMING and applied.mode == "enqueued":
                 m.calls_entered.labels(queue).inc()
-            elif event.kind == BRIDGE and applied.qt_ms is not None:
+            elif event.kind == BRIDGE:
                 m.calls_answered.labels(queue).inc()
-                m.queue_wait.labels(queue, "answered").observe(applied.qt_ms / 1000)
-            elif event.kind == QUEUE_RESULT and applied.outcome and applied.qt_ms is not None:
+                if applied.qt_ms is not None:
+                    m.queue_wait.labels(queue, "answered").observe(applied.qt_ms / 1000)
+            elif event.kind == QUEUE_RESULT and applied.outcome:
                 if applied.outcome == ABANDONED:
                     m.calls_abandoned.labels(queue).inc()
-                m.queue_wait.labels(queue, applied.outcome).observe(applied.qt_ms / 1000)
+                if applied.qt_ms is not None:
+                    m.queue_wait.labels(queue, applied.outcome).observe(applied.qt_ms / 1000)
         for queue, handle_ms in applied.handled:
             m.call_handle.labels(queue).observe(handle_ms / 1000)
 

@@ -20,6 +20,7 @@ talk_ms, wrap_ms, handled. Agent leg hash (keys.agent_leg(CallSid)): agent, call
 from __future__ import annotations
 
 from callboard import keys
+from callflow import stats
 from presence.lua import build_script
 
 # CF_LIB — helpers shared by the call-event script and the handle-time hook (which runs inside every
@@ -37,6 +38,18 @@ local function k_min(q, m) return PREFIX .. 'q:' .. q .. ':min:' .. m end
 local function k_pop(agent) return PREFIX .. 'pop:' .. agent end
 
 local function minute_of(ms) return math.floor(ms / 60000) end
+
+-- Mirrors stats.bounded_queue_time_ms: (queue time ms or nil when unknown, why Twilio's was refused or nil).
+local function bounded_queue_time(given_ms, enq_ms, seen_enter)
+  local measured = nil
+  if enq_ms then measured = math.max(NOW - enq_ms, 0) end
+  if given_ms == nil then return measured, nil end
+  if given_ms > %(max_qt_ms)d then return measured, 'over_max' end
+  if seen_enter and measured ~= nil and given_ms > measured + %(qt_tolerance_ms)d then
+    return measured, 'over_measured'
+  end
+  return given_ms, nil
+end
 
 -- A bucket lives until it has slid out of last_30m (plus a minute of slack for clock skew).
 local function minute_ttl(m) return (m + 32) * 60000 - NOW end
@@ -97,7 +110,8 @@ local function unpop(agent, sid)
     emit('unpop', agent, {call_sid = sid})
   end
 end
-""" % {"handled_obs": keys.HANDLED_OBSERVATIONS}
+""" % {"handled_obs": keys.HANDLED_OBSERVATIONS, "max_qt_ms": stats.MAX_QUEUE_TIME_S * 1000,
+       "qt_tolerance_ms": stats.QUEUE_TIME_TOLERANCE_S * 1000}
 
 # CALL_HANDLED_HOOK — presence calls it when a wrap-up ends (or a call ends straight to available/away):
 # `wrap` is the call_start call table ({call_sid, queue, from, since_ms}) merged with call_end's, plus
@@ -125,19 +139,32 @@ local cfg = cmsgpack.unpack(ARGV[7])
 local TTL = cfg.ttl_ms
 local result = {counted = 0}
 
-local function adopt(ck, ev, qt_ms)
+local function given_qt_ms(ev)
+  if ev.qt_s == nil then return nil end
+  return ev.qt_s * 1000
+end
+
+local function adopt(ck, ev)
   -- A bridge or queue-result for a call whose incoming we never saw (lost, or Redis lost its data):
-  -- record it as offered now, so answered and abandoned never exceed offered.
+  -- record it as offered now (in the window of this event), so answered and abandoned never exceed
+  -- offered. It entered QueueTime ago when Twilio says so within bounds; otherwise nobody knows when,
+  -- and its wait stays unknown (no enq_ms) rather than zero.
   redis.call('HSET', ck, 'kind', 'caller', 'mode', 'enqueued', 'queue', ev.queue, 'from', ev.from or '',
-             'to', ev.to or '', 'day', DAY, 'enq_ms', NOW - (qt_ms or 0), 'ttl', TTL)
+             'to', ev.to or '', 'day', DAY, 'ttl', TTL, 'adopted', 1)
+  local qt_ms = bounded_queue_time(given_qt_ms(ev), nil, false)
+  if qt_ms then redis.call('HSET', ck, 'enq_ms', NOW - qt_ms) end
   redis.call('PEXPIRE', ck, TTL)
   bump(k_day(ev.queue, DAY), 'offered', 1, TTL + DAY_MS)
 end
 
+-- (queue time ms or nil when unknown, why Twilio's QueueTime was refused or nil)
 local function queue_time(ck, ev)
-  if ev.qt_s ~= nil then return ev.qt_s * 1000 end
-  local enq = tonumber(redis.call('HGET', ck, 'enq_ms') or NOW)
-  return math.max(NOW - enq, 0)
+  local f = redis.call('HMGET', ck, 'enq_ms', 'adopted')
+  return bounded_queue_time(given_qt_ms(ev), tonumber(f[1]), not f[2])
+end
+
+local function refused(qt_ms, why)
+  if why then result.qt_refused, result.qt_given_s = why, ev.qt_s end
 end
 
 local function attach_agent(agent, leg, sid, c)
@@ -152,7 +179,7 @@ local function attach_agent(agent, leg, sid, c)
     apply(agent, {kind = 'call_start', actor = 'system', call = call})
     if not c.end_ms then
       local pop = {type = 'pop', call_sid = sid, from = c.from, to = c.to, queue = c.queue,
-                   waited_s = c.qt_ms / 1000, customers = {}}
+                   waited_s = c.qt_ms and c.qt_ms / 1000, customers = {}}  -- unknown wait: absent
       redis.call('SET', k_pop(agent), cmsgpack.pack(pop), 'PX', TTL)
       emit('pop', agent, pop)
     end
@@ -197,26 +224,32 @@ if kind == 'incoming' then
 
 elseif kind == 'bridge' then
   local ck = k_call(ev.sid)
-  if redis.call('HEXISTS', ck, 'mode') == 0 then adopt(ck, ev, ev.qt_s and ev.qt_s * 1000) end
+  if redis.call('HEXISTS', ck, 'mode') == 0 then adopt(ck, ev) end
   local f = redis.call('HMGET', ck, 'mode', 'queue', 'day', 'from', 'to', 'end_ms')
   local c = {mode = f[1], queue = f[2], day = f[3], from = f[4], to = f[5], end_ms = f[6]}
   -- The first leaving outcome wins: a bridge for a call that already left another way (say a hangup
   -- reported first) is a contradiction from Twilio and changes nothing, agent included.
   if c.mode == 'enqueued' and redis.call('HSETNX', ck, 'ans', 1) == 1
       and redis.call('HSETNX', ck, 'left', 'answered') == 1 then
-    c.qt_ms = queue_time(ck, ev)
+    local why
+    c.qt_ms, why = queue_time(ck, ev)
+    refused(c.qt_ms, why)
     local m = minute_of(NOW)
-    redis.call('HSET', ck, 'bridge_ms', NOW, 'leg', ev.leg or '', 'min', m, 'qt_ms', c.qt_ms)
+    redis.call('HSET', ck, 'bridge_ms', NOW, 'leg', ev.leg or '', 'min', m)
+    if c.qt_ms then redis.call('HSET', ck, 'qt_ms', c.qt_ms) end
     if c.end_ms then redis.call('HSET', ck, 'talk_ms', math.max(tonumber(c.end_ms) - NOW, 0)) end
     result.counted, result.queue, result.qt_ms = 1, c.queue, c.qt_ms
-    local within = 0
-    if c.qt_ms <= cfg.sl_ms then within = 1 end
     local dk, mk = k_day(c.queue, c.day), k_min(c.queue, m)
     local day_ttl, min_ttl = TTL + DAY_MS, minute_ttl(m)
-    bump(dk, 'answered', 1, day_ttl); bump(dk, 'answer_wait_ms', c.qt_ms, day_ttl)
-    bump(dk, 'answered_within_sl', within, day_ttl)
-    bump(mk, 'offered', 1, min_ttl); bump(mk, 'answered', 1, min_ttl)
-    bump(mk, 'answer_wait_ms', c.qt_ms, min_ttl); bump(mk, 'answered_within_sl', within, min_ttl)
+    bump(dk, 'answered', 1, day_ttl); bump(mk, 'offered', 1, min_ttl); bump(mk, 'answered', 1, min_ttl)
+    if c.qt_ms then
+      local within = 0
+      if c.qt_ms <= cfg.sl_ms then within = 1 end
+      bump(dk, 'answer_wait_ms', c.qt_ms, day_ttl); bump(dk, 'answered_within_sl', within, day_ttl)
+      bump(mk, 'answer_wait_ms', c.qt_ms, min_ttl); bump(mk, 'answered_within_sl', within, min_ttl)
+    else
+      bump(dk, 'answered_wait_unknown', 1, day_ttl); bump(mk, 'answered_wait_unknown', 1, min_ttl)
+    end
     redis.call('ZREM', k_waiting(c.queue), ev.sid)
     local agent = ev.agent
     if (agent == nil or agent == '') and ev.leg then agent = redis.call('HGET', k_leg(ev.leg), 'agent') end
@@ -232,20 +265,25 @@ elseif kind == 'bridge' then
 
 elseif kind == 'queue_result' then
   local ck = k_call(ev.sid)
-  if redis.call('HEXISTS', ck, 'mode') == 0 then adopt(ck, ev, ev.qt_s and ev.qt_s * 1000) end
+  if redis.call('HEXISTS', ck, 'mode') == 0 then adopt(ck, ev) end
   redis.call('HSETNX', ck, 'qr', ev.result)
   local f = redis.call('HMGET', ck, 'mode', 'queue', 'day')
   if f[1] == 'enqueued' and ev.outcome and redis.call('HSETNX', ck, 'left', ev.outcome) == 1 then
     local q, day, m = f[2], f[3], minute_of(NOW)
-    local qt_ms = queue_time(ck, ev)
-    redis.call('HSET', ck, 'min', m, 'qt_ms', qt_ms)
+    local qt_ms, why = queue_time(ck, ev)
+    refused(qt_ms, why)
+    redis.call('HSET', ck, 'min', m)
+    if qt_ms then redis.call('HSET', ck, 'qt_ms', qt_ms) end
     result.counted, result.queue, result.outcome, result.qt_ms = 1, q, ev.outcome, qt_ms
     local short = 0
-    if ev.outcome == 'abandoned' and qt_ms < cfg.short_ms then short = 1 end
+    if ev.outcome == 'abandoned' and qt_ms and qt_ms < cfg.short_ms then short = 1 end
     local dk, mk = k_day(q, day), k_min(q, m)
     local day_ttl, min_ttl = TTL + DAY_MS, minute_ttl(m)
     bump(dk, ev.outcome, 1, day_ttl); bump(dk, 'short_abandoned', short, day_ttl)
     bump(mk, 'offered', 1, min_ttl); bump(mk, ev.outcome, 1, min_ttl); bump(mk, 'short_abandoned', short, min_ttl)
+    if ev.outcome == 'abandoned' and not qt_ms then
+      bump(dk, 'abandoned_wait_unknown', 1, day_ttl); bump(mk, 'abandoned_wait_unknown', 1, min_ttl)
+    end
     redis.call('ZREM', k_waiting(q), ev.sid)
     emit_queue(q, day, m)
   end
@@ -297,6 +335,14 @@ return cmsgpack.pack(result)
 """
 
 CALL_EVENT = build_script(CALL_EVENT_BODY, CALL_HANDLED_HOOK)
+
+# QUEUE_TIME_PROBE — for tests: bounded_queue_time with the header's NOW, to prove it equals the Python.
+#   ARGV: header, ARGV[6] given ms ('' = none), ARGV[7] enq ms ('' = none), ARGV[8] '1' when seen entering.
+#   Returns {queue time ms or -1 when unknown, refusal reason or ''}.
+QUEUE_TIME_PROBE = build_script("""
+local qt, why = bounded_queue_time(tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8] == '1')
+return {qt or -1, why or ''}
+""", CALL_HANDLED_HOOK)
 
 # KEY_NAMES — for tests: returns the key names CF_LIB builds, to compare with callboard/keys.py.
 #   ARGV: header, ARGV[6] sid, ARGV[7] queue, ARGV[8] day, ARGV[9] minute, ARGV[10] agent.

@@ -18,6 +18,17 @@ ANSWER_WAIT_MS = "answer_wait_ms"  # sum of queue time of answered calls (ASA)
 HANDLED = "handled"
 HANDLE_MS = "handle_ms"  # sum of handle time (talk + wrap-up spent) of handled calls (AHT)
 UNSTAFFED = "unstaffed"  # calls turned away because nobody of the queue was signed in; never offered
+# Answered / abandoned calls whose queue time nobody knows (a call this server never saw enter, whose
+# request carried no usable QueueTime): counted in `answered` / `abandoned` — that much is known — but
+# kept out of everything that needs the wait (SL, short abandons, abandon rate, ASA) instead of guessing 0.
+ANSWERED_WAIT_UNKNOWN = "answered_wait_unknown"
+ABANDONED_WAIT_UNKNOWN = "abandoned_wait_unknown"
+
+# A QueueTime is believed only within bounds; beyond them the measured time is used (and a warning logged).
+MAX_QUEUE_TIME_S = 4 * 3600  # Twilio ends every call at 4 hours: no caller can have waited longer
+# For a call this server saw enter, QueueTime may exceed the time since its `incoming` by at most this:
+# Twilio's clock and ours differ a little, and Twilio's requests can be delayed (its own retries take ~15 s).
+QUEUE_TIME_TOLERANCE_S = 60
 
 # Twilio QueueResult -> our outcome counter. `bridged` and its variants are not a leaving outcome: the
 # call was answered, which the bridge request already counted. Anything else Twilio might add is "other".
@@ -34,7 +45,12 @@ OTHER = "other"
 LEAVE_OUTCOMES = tuple(dict.fromkeys([*QUEUE_RESULT_OUTCOMES.values(), OTHER]))
 
 COUNTERS = (OFFERED, ANSWERED, ANSWERED_WITHIN_SL, ABANDONED, SHORT_ABANDONED, ANSWER_WAIT_MS, HANDLED,
-            HANDLE_MS, UNSTAFFED, *[o for o in LEAVE_OUTCOMES if o != ABANDONED])
+            HANDLE_MS, UNSTAFFED, ANSWERED_WAIT_UNKNOWN, ABANDONED_WAIT_UNKNOWN,
+            *[o for o in LEAVE_OUTCOMES if o != ABANDONED])
+WAIT_UNKNOWN = "wait_unknown"  # the snapshot field: answered + abandoned calls whose wait is unknown
+
+# Why a QueueTime was not believed (bounded_queue_time_ms).
+OVER_MAX, OVER_MEASURED = "over_max", "over_measured"
 
 
 def outcome_of(queue_result: str) -> str | None:
@@ -57,6 +73,25 @@ def parse_queue_time_s(value: str | None) -> int | None:
     return int(seconds)
 
 
+def bounded_queue_time_ms(given_ms: int | None, enq_ms: int | None, seen_enter: bool,
+                          now_ms: int) -> tuple[int | None, str | None]:
+    """The queue time to count, and why Twilio's was refused (None when it was used or absent).
+
+    `given_ms` is Twilio's QueueTime, `enq_ms` when the call entered (from our `incoming`, or inferred when
+    an unknown call was adopted: then `seen_enter` is False and only the 4-hour bound applies). A refused
+    or missing QueueTime falls back to the measured time; with nothing to measure from the wait is unknown
+    (None), never zero. The Lua twin is `bounded_queue_time` in callflow/lua.py.
+    """
+    measured = max(now_ms - enq_ms, 0) if enq_ms is not None else None
+    if given_ms is None:
+        return measured, None
+    if given_ms > MAX_QUEUE_TIME_S * 1000:
+        return measured, OVER_MAX
+    if seen_enter and measured is not None and given_ms > measured + QUEUE_TIME_TOLERANCE_S * 1000:
+        return measured, OVER_MEASURED
+    return given_ms, None
+
+
 def _ratio(num: int, den: int) -> float | None:
     return round(num / den, 4) if den > 0 else None
 
@@ -70,10 +105,13 @@ def stats_from_counters(counters: Mapping[str, int]) -> dict[str, int | float | 
 
     service_level = answered_within_sl / (answered + abandoned - short_abandoned); abandon_rate =
     (abandoned - short_abandoned) / the same denominator; both null when the denominator is 0. asa_s and
-    aht_s are null when nothing was answered / handled yet.
+    aht_s are null when nothing was answered / handled yet. Calls whose wait is unknown are left out of
+    the denominators and of asa_s (see ANSWERED_WAIT_UNKNOWN) and reported as `wait_unknown`.
     """
     c = {name: int(counters.get(name, 0)) for name in COUNTERS}
-    base = c[ANSWERED] + c[ABANDONED] - c[SHORT_ABANDONED]
+    answered_known = c[ANSWERED] - c[ANSWERED_WAIT_UNKNOWN]
+    abandoned_known = c[ABANDONED] - c[ABANDONED_WAIT_UNKNOWN]
+    base = answered_known + abandoned_known - c[SHORT_ABANDONED]
     out: dict[str, int | float | None] = {
         OFFERED: c[OFFERED],
         ANSWERED: c[ANSWERED],
@@ -81,11 +119,12 @@ def stats_from_counters(counters: Mapping[str, int]) -> dict[str, int | float | 
         ABANDONED: c[ABANDONED],
         SHORT_ABANDONED: c[SHORT_ABANDONED],
         "service_level": _ratio(c[ANSWERED_WITHIN_SL], base),
-        "abandon_rate": _ratio(c[ABANDONED] - c[SHORT_ABANDONED], base),
-        "asa_s": _mean_s(c[ANSWER_WAIT_MS], c[ANSWERED]),
+        "abandon_rate": _ratio(abandoned_known - c[SHORT_ABANDONED], base),
+        "asa_s": _mean_s(c[ANSWER_WAIT_MS], answered_known),
         "aht_s": _mean_s(c[HANDLE_MS], c[HANDLED]),
         HANDLED: c[HANDLED],
         UNSTAFFED: c[UNSTAFFED],
+        WAIT_UNKNOWN: c[ANSWERED_WAIT_UNKNOWN] + c[ABANDONED_WAIT_UNKNOWN],
     }
     for outcome in LEAVE_OUTCOMES:
         if outcome != ABANDONED:
