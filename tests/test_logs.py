@@ -304,3 +304,75 @@ def test_setup_logging_installs_one_redacting_handler_on_stderr(capsys: pytest.C
     lines = [json.loads(line) for line in captured.err.splitlines()]
     assert [(x["logger"], x["msg"]) for x in lines] == [("callboard.test", "the secret is [redacted]"),
                                                         ("aiohttp.access", "GET /healthz 200 0.4ms")]
+
+
+# -- aiohttp's own loggers: an oversized header is quoted by aiohttp, never printed by us ---------------------
+
+async def _raw_request(port: int, head: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(4096), 10)
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("log_format", ["json", "text"])
+async def test_an_oversized_header_or_request_line_never_prints_its_credential(procs: ProcessGroup, redis: Redis,
+                                                                               redis_url: str, tmp_path: Path,
+                                                                               log_format: str) -> None:
+    secret = "cb-secret-" + secrets.token_hex(20)
+    twilio_token = secrets.token_hex(16)
+    port = free_port()
+    public_url = f"http://127.0.0.1:{port}"
+    data = tmp_path / "data"
+    data.mkdir()
+    env = serve_env(redis_url=redis_url, data_dir=data, secret=secret, twilio_auth_token=twilio_token,
+                    public_url=public_url)
+    server = procs.spawn("big-header", center(tmp_path / "center.toml"), env, port=port, log_format=log_format)
+    await server.wait_ready()
+    jwt = issue_token(secret, "alice", "agent", 600)
+    params = {"CallSid": "CA" + "3" * 32, "To": "+15550000001"}
+    signature = sign(twilio_token, public_url + "/twilio/voice/incoming", params)
+    padding = "A" * 9000  # over aiohttp's 8190-byte line limit: LineTooLong, which quotes ~100 bytes
+    requests = [
+        f"GET /api/snapshot HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {jwt}{padding}\r\n\r\n",
+        f"POST /twilio/voice/incoming HTTP/1.1\r\nHost: x\r\nX-Twilio-Signature: {signature}{padding}\r\n"
+        "Content-Length: 0\r\n\r\n",
+        f"GET /wallboard?token={jwt}{padding} HTTP/1.1\r\nHost: x\r\n\r\n",
+    ]
+    for head in requests:
+        answer = await _raw_request(port, head.encode())
+        assert answer.startswith(b"HTTP/1.") and b" 400 " in answer.split(b"\r\n", 1)[0], answer[:200]
+    server.terminate()
+    assert server.wait(15) == 0, server.describe()
+
+    printed = server.stdout() + server.stderr()
+    # the whole JWT, its first 24 characters (header and the start of its payload) and the signature
+    for name, value in (("the JWT", jwt), ("the JWT's first 24 characters", jwt[:24]),
+                        ("the JWT's payload start", jwt.split(".")[1][:12]), ("the Twilio signature", signature),
+                        ("the signature's first 12 characters", signature[:12])):
+        assert value not in printed, f"{name} was printed by `callboard serve`:\n{printed[-3000:]}"
+    lines = server.stderr().splitlines()
+    refused = [line for line in lines if "LineTooLong (HTTP 400); the request's content is not logged" in line]
+    assert len(refused) == len(requests), printed[-3000:]
+    for line in lines:
+        if log_format == "json":
+            json.loads(line)
+        else:
+            assert TEXT_LINE.match(line), f"not one line per event: {line!r}"
+
+
+def test_credentials_are_masked_by_their_shape_even_when_unknown() -> None:
+    logger, stream = _logger(logging.Formatter("%(message)s"))  # no known secret at all
+    logger.info("header Authorization: Bearer %s", "abcdefghijklmnopqrstuvwxyz012345")
+    logger.info("a token eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl in a message")
+    logger.info("headers {'X-Twilio-Signature': 'Zm9vYmFyYmF6cXV4MTIzNDU2Nzg5MA=='}")
+    logger.info("Bearer token missing")  # ordinary words stay
+    assert stream.getvalue().splitlines() == [
+        "header Authorization: Bearer [redacted]",
+        "a token [redacted] in a message",
+        "headers {'X-Twilio-Signature': '[redacted]'}",
+        "Bearer token missing",
+    ]
