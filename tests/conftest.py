@@ -1,4 +1,10 @@
-"""Shared fixtures: a real Redis (REDIS_URL, else an embedded one), flushed per test; apps; clients; tokens."""
+"""Shared fixtures: a real Redis (REDIS_URL, else an embedded one), flushed per test; apps; clients; tokens.
+
+Pointed at a Redis by REDIS_URL (a developer's, or CI's), the suite leaves it as it found it: it never
+touches the database the URL names, and works in databases of its own — ones that were empty when the
+session began (claimed by a named connection, so a second suite on the same Redis picks others) — which
+it empties again when the session ends. See SuiteRedisDatabases.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pytest
 import redis as sync_redis
@@ -68,11 +75,104 @@ def _start_redis_server(directory: Path, *extra: str) -> tuple[subprocess.Popen[
     raise RuntimeError("test Redis did not start")
 
 
+class SuiteRedisDatabases:
+    """The suite's own databases on a shared Redis: empty when claimed, emptied again by release().
+
+    A claim is a connection held for the session, named `callboard-tests:<db>` and SELECTed to that
+    database, so that CLIENT LIST tells another suite (or a person) which databases are in use. The
+    database the URL names is never claimed: it is the developer's.
+    """
+
+    NAME_PREFIX = "callboard-tests:"
+
+    def __init__(self, url: str) -> None:
+        self.base_url = url
+        self.named_db = self._db_of(url)
+        self._holders: dict[int, sync_redis.Redis] = {}
+        probe = sync_redis.Redis.from_url(url)
+        try:
+            try:
+                count = int(probe.config_get("databases").get("databases", 16))
+            except sync_redis.ResponseError:  # CONFIG may be disabled (managed Redis): the default count
+                count = 16
+            try:
+                names = [c.get("name", "") for c in probe.client_list()]
+            except sync_redis.ResponseError:
+                names = []
+        finally:
+            probe.close()
+        self._count = count
+        self._in_use = {int(n[len(self.NAME_PREFIX):]) for n in names
+                        if n.startswith(self.NAME_PREFIX) and n[len(self.NAME_PREFIX):].isdigit()}
+
+    @staticmethod
+    def _db_of(url: str) -> int:
+        parts = urlsplit(url)
+        if parts.scheme == "unix":  # unix:///path/redis.sock?db=N
+            return int(dict(parse_qsl(parts.query)).get("db", 0))
+        return int(parts.path.strip("/") or 0)
+
+    def url_for(self, db: int) -> str:
+        parts = urlsplit(self.base_url)
+        if parts.scheme == "unix":
+            query = urlencode({**dict(parse_qsl(parts.query)), "db": db})
+            return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
+        return urlunsplit((parts.scheme, parts.netloc, f"/{db}", parts.query, parts.fragment))
+
+    def claim(self) -> int:
+        """An empty database of our own (highest numbers first: furthest from what people use)."""
+        for db in range(self._count - 1, -1, -1):
+            if db == self.named_db or db in self._in_use or db in self._holders:
+                continue
+            holder = sync_redis.Redis.from_url(self.url_for(db))
+            if holder.dbsize() == 0:
+                try:
+                    holder.client_setname(f"{self.NAME_PREFIX}{db}")
+                except sync_redis.ResponseError:
+                    pass  # CLIENT SETNAME refused: the claim is only this session's own bookkeeping
+                self._holders[db] = holder
+                return db
+            holder.close()
+        raise RuntimeError(
+            f"REDIS_URL={self.base_url}: no empty database left for the test suite among its {self._count} "
+            f"(it never uses database {self.named_db}, which REDIS_URL names, nor any that holds data)")
+
+    def release(self) -> None:
+        """Empty every claimed database (they were empty when claimed) and drop the claims."""
+        for holder in self._holders.values():
+            try:
+                holder.flushdb()
+            finally:
+                holder.close()
+        self._holders.clear()
+
+
 @pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
+def test_redis_databases() -> Iterator[SuiteRedisDatabases | None]:
+    """The claimed databases on REDIS_URL's Redis (None when the suite runs its own embedded Redis)."""
     url = os.environ.get("REDIS_URL")
-    if url:
-        yield url
+    if not url:
+        yield None
+        return
+    databases = SuiteRedisDatabases(url)
+    try:
+        yield databases
+    finally:
+        databases.release()
+
+
+@pytest.fixture(scope="session")
+def bench_redis_url(test_redis_databases: SuiteRedisDatabases | None) -> str | None:
+    """A TCP Redis database the bench smoke runs may flush (None without a TCP REDIS_URL)."""
+    if test_redis_databases is None or urlsplit(test_redis_databases.base_url).scheme != "redis":
+        return None
+    return test_redis_databases.url_for(test_redis_databases.claim())
+
+
+@pytest.fixture(scope="session")
+def redis_url(test_redis_databases: SuiteRedisDatabases | None) -> Iterator[str]:
+    if test_redis_databases is not None:
+        yield test_redis_databases.url_for(test_redis_databases.claim())
         return
     with tempfile.TemporaryDirectory(prefix="cb-test-redis-") as tmp:
         proc, url = _start_redis_server(Path(tmp))
