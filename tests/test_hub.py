@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -35,15 +37,18 @@ def big_config(agents: int = 60) -> Config:
     return make_config(queues=queues, agents=people, teams=[{"name": t} for t in TEAMS])
 
 
-def strip_nulls(doc: Any) -> Any:
-    """Merge patches cannot carry null values (null deletes), so compare documents without them."""
-    if isinstance(doc, dict):
-        return {k: strip_nulls(v) for k, v in doc.items() if v is not None}
-    return doc
-
-
 def scoped(snapshot: dict[str, Any]) -> dict[str, Any]:
-    return strip_nulls({"agents": snapshot["agents"], "queues": snapshot["queues"]})
+    """The part of a document that deltas maintain. Compared exactly: a snapshot omits null members the way a
+    merge patch does (null deletes), so the deltas' document and a fresh snapshot are the same document."""
+    return {"agents": snapshot["agents"], "queues": snapshot["queues"]}
+
+
+def has_null(doc: Any) -> bool:
+    if isinstance(doc, dict):
+        return any(v is None or has_null(v) for v in doc.values())
+    if isinstance(doc, list):
+        return any(has_null(v) for v in doc)
+    return False
 
 
 # --- property: deltas applied to the first snapshot always equal a fresh snapshot ---------------------
@@ -83,7 +88,9 @@ def test_deltas_rebuild_the_snapshot(steps: list[list[dict[str, Any]]], topics: 
             message = sub.outbox.popleft().obj
             assert message["type"] in ("snapshot", "delta")
             document = patch.apply(document, {k: v for k, v in message.items() if k != "type"})
-        assert scoped(document) == scoped(hub.snapshot(topics))
+        fresh = hub.snapshot(topics)
+        assert not has_null(fresh)
+        assert document == fresh  # the whole document, exactly: deltas applied to the first snapshot == fresh
 
     asyncio.run(scenario())
 
@@ -240,3 +247,97 @@ async def test_a_client_that_stops_reading_is_closed_4429_and_others_stay_fast(m
     with pytest.raises(Exception):  # noqa: B017 - any close/abort is fine; the server already dropped it
         for _ in range(10_000):
             await asyncio.wait_for(slow.recv(), 2)
+
+
+def _server_side_established(server: Any, client_port: int) -> bool:
+    """Is the server's end of the connection from `client_port` still ESTABLISHED (in this process)?"""
+    import psutil
+
+    return any(c.status == psutil.CONN_ESTABLISHED and c.laddr and c.laddr.port == server.port
+               and c.raddr and c.raddr.port == client_port for c in psutil.Process().net_connections("tcp"))
+
+
+async def _cut_within(server: Any, client_port: int, limit_s: float) -> bool:
+    """Poll until the server's end of that connection is gone; False if it outlives limit_s."""
+    for _ in range(int(limit_s / 0.1)):
+        if not _server_side_established(server, client_port):
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+async def _stalled_wallboard(server: Any, sub: str, *, shrink_server_buffer: bool) -> tuple[Any, socket.socket]:
+    """A wallboard that says hello and then never reads again (its receive window is tiny)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((server.host, server.port))
+    conn = await websockets.connect(ws_url(server), sock=sock, max_queue=1, ping_interval=None)
+    await conn.send(json.dumps({"type": "hello", "token": token(sub, "wallboard")}))
+    services = server.app[SERVICES]
+    for _ in range(100):
+        session = next((s for s in services.sessions if s.claims.sub == sub), None)
+        if session is not None:
+            break
+        await asyncio.sleep(0.02)
+    assert session is not None
+    if shrink_server_buffer:
+        session.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    return conn, sock
+
+
+async def _churn(services: Any, agents: list[str], until: Callable[[], bool], limit_s: float) -> None:
+    """Fat deltas for every agent until `until()` holds (or the time limit passes)."""
+    rng = random.Random(9)
+    started = time.monotonic()
+    while not until() and time.monotonic() - started < limit_s:
+        reason = f"r{rng.random():.12f}" + "x" * 70
+        await services.presence.apply(
+            [Addressed(a, Intent(kind=SET, actor="supervisor", state="away", reason=reason + a)) for a in agents],
+            services.clock.now_ms())
+        await asyncio.sleep(0.02)
+
+
+async def test_a_4429_close_cuts_the_tcp_connection_within_seconds(make_instance, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Issue 9.1: the close frame gets about a second; then the transport is aborted, not left ESTABLISHED."""
+    monkeypatch.setattr("wallboard.hub.SLOW_CLOSE_S", 1.0)
+    monkeypatch.setattr("wallboard.ws.SLOW_CLOSE_S", 1.0)
+    config = big_config(60)
+    server = await make_instance(config)
+    services = server.app[SERVICES]
+    slow, sock = await _stalled_wallboard(server, "slow", shrink_server_buffer=True)
+    client_port = sock.getsockname()[1]
+    closes = services.metrics.ws_slow_consumer_closes
+    await _churn(services, [a.id for a in config.agents], lambda: closes._value.get() > 0, 30)  # noqa: SLF001
+    assert closes._value.get() == 1  # noqa: SLF001
+    assert await _cut_within(server, client_port, 5.0), "the slow socket is still ESTABLISHED"
+    assert services.metrics.ws_connections.labels("wallboard")._value.get() == 0  # noqa: SLF001
+    assert not any(s.claims.sub == "slow" for s in services.sessions)
+    sock.close()
+
+
+async def test_a_client_that_pings_but_never_reads_is_judged_by_what_it_has_not_taken(make_instance, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Issue 9.1: the outbox stays short (the kernel takes the frames), yet the client owes ever more bytes."""
+    monkeypatch.setattr("wallboard.hub.SLOW_CLOSE_S", 1.0)
+    monkeypatch.setattr("wallboard.ws.SLOW_CLOSE_S", 1.0)
+    config = big_config(60)
+    server = await make_instance(config)
+    services = server.app[SERVICES]
+    slow, sock = await _stalled_wallboard(server, "pinger", shrink_server_buffer=False)
+    client_port = sock.getsockname()[1]
+    closes = services.metrics.ws_slow_consumer_closes
+
+    async def keep_pinging() -> None:
+        with contextlib.suppress(websockets.ConnectionClosed, OSError):
+            while True:
+                await slow.send(json.dumps({"type": "ping"}))
+                await asyncio.sleep(0.1)
+
+    pinger = asyncio.create_task(keep_pinging())
+    try:
+        await _churn(services, [a.id for a in config.agents], lambda: closes._value.get() > 0, 30)  # noqa: SLF001
+    finally:
+        pinger.cancel()
+    assert closes._value.get() == 1, "a client that never reads was not closed in 30 s"  # noqa: SLF001
+    assert await _cut_within(server, client_port, 5.0), "the slow socket is still ESTABLISHED"
+    assert not any(s.claims.sub == "pinger" for s in services.sessions)
+    sock.close()

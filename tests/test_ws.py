@@ -192,3 +192,72 @@ async def test_http_api_checks_tokens_and_roles(make_instance) -> None:  # type:
         r = await http.get(f"{base}/", allow_redirects=False)
         assert r.status == 302 and r.headers["Location"] == "/wallboard"
     await alice_ws.close()
+
+
+async def test_five_bad_messages_get_their_five_errors_before_the_4400_close(make_instance) -> None:  # type: ignore[no-untyped-def]
+    """Issue 9.3: the errors owed before a 4400 close are flushed, then the close."""
+    server = await make_instance()
+    alice = await connect(server, token("alice"))
+    await alice.wait_for(lambda s: s["agents"]["alice"]["state"] == "available")
+    for _ in range(5):
+        await alice.conn.send("{{{")
+    errors = []
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        while True:
+            message = await alice.recv()
+            if message["type"] == "error":
+                errors.append(message)
+    assert closed.value.rcvd.code == 4400
+    assert [e["code"] for e in errors] == ["bad_message"] * 5
+    assert all(e["message"] for e in errors)
+
+
+DEEP = "[" * 60_000  # under the 64 KiB frame limit, far over any recursion limit
+
+
+async def test_deeply_nested_json_before_the_hello_is_closed_4400_with_an_english_error(make_instance) -> None:  # type: ignore[no-untyped-def]
+    """Issue 9.2: a deep hello is a bad message (4400), not a RecursionError and an abnormal close."""
+    server = await make_instance()
+    for deep in (DEEP, "{\"a\":" * 10_000 + "1" + "}" * 10_000, "[" * 50 + "]" * 50):
+        code, said = await _closed_with(server, deep, raw=True)
+        assert code == 4400, deep[:20]
+        assert said[0]["type"] == "error" and said[0]["code"] == "bad_message" and "nest" in said[0]["message"]
+    conn = await websockets.connect(ws_url(server), subprotocols=["callboard.v1.msgpack"])
+    deep_msgpack = b"\x91" * 60_000 + b"\xc0"  # 60,000 nested one-element arrays
+    await conn.send(deep_msgpack)
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        while True:
+            said_mp = msgpack.unpackb(await asyncio.wait_for(conn.recv(), 15))
+            assert said_mp["code"] == "bad_message"
+    assert closed.value.rcvd.code == 4400
+
+
+async def test_deeply_nested_json_after_the_hello_gets_an_error_and_the_session_lives(make_instance) -> None:  # type: ignore[no-untyped-def]
+    server = await make_instance()
+    alice = await connect(server, token("alice"))
+    await alice.wait_for(lambda s: s["agents"]["alice"]["state"] == "available")
+    await alice.conn.send(DEEP)
+    reply = await alice.recv()
+    while reply["type"] != "error":
+        reply = await alice.recv()
+    assert reply["code"] == "bad_message" and "nest" in reply["message"]
+    await alice.send({"type": "set_state", "state": "away", "reason": "still here"})
+    await alice.wait_for(lambda s: s["agents"]["alice"].get("reason") == "still here")
+    await alice.close()
+
+
+async def test_deeply_nested_json_bodies_get_a_400_naming_the_problem(make_instance) -> None:  # type: ignore[no-untyped-def]
+    server = await make_instance()
+    alice_ws = await connect(server, token("alice"))
+    await alice_ws.wait_for(lambda s: s["agents"]["alice"]["state"] == "available")
+    url = f"http://{server.host}:{server.port}/api/agents/alice/state"
+    async with ClientSession() as http:
+        for body in (DEEP, '{"state": ' + "[" * 5000 + "]" * 5000 + "}", b"\xff\xfe{"):
+            r = await http.post(url, data=body, headers={"Authorization": f"Bearer {token('alice')}",
+                                                         "Content-Type": "application/json"})
+            assert r.status == 400, await r.text()
+            answer = await r.json()
+            assert answer["code"] == "bad_message" and answer["error"].isascii()
+        r = await http.post(url, json={"state": "away", "reason": "x"}, headers={"Authorization": f"Bearer {token('alice')}"})
+        assert r.status == 200
+    await alice_ws.close()

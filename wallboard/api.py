@@ -85,9 +85,10 @@ async def set_state(request: web.Request) -> web.StreamResponse:
     if claims.role == "agent" and claims.sub != agent_id:
         return _json_error(403, "agents may only change their own state", "forbidden")
     try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return _json_error(400, 'the body must be JSON like {"state": "away", "reason": "lunch"}', "bad_message")
+        body = messages.parse_json(await request.read())
+    except messages.WireError as exc:
+        return _json_error(400, f'{exc.message}; the body must be JSON like {{"state": "away", "reason": "lunch"}}',
+                           "bad_message")
     if not isinstance(body, dict):
         return _json_error(400, 'the body must be a JSON object like {"state": "away"}', "bad_message")
     state, reason, seq = body.get("state"), body.get("reason"), body.get("seq")

@@ -23,6 +23,17 @@ SLOW_CLOSE_S = 5.0
 # Frames then wait in the outbox, where they are merged, and the slow-consumer rule above applies.
 WRITE_BUFFER_HIGH = 64 * 1024
 WRITE_BUFFER_POLL_S = 0.05
+# "Owed" counts what the kernel holds unsent for the peer too (SIOCOUTQNSD), not only asyncio's buffer: on
+# loopback and fast links the kernel takes megabytes from a peer that never reads, so the outbox and asyncio's
+# buffer stay short while the client falls ever further behind. A client that owes more than WRITE_BUFFER_HIGH
+# and takes less than that much in SLOW_CLOSE_S is closed 4429 (a slow but steady reader is not: it gets merged
+# deltas, the latest state).
+
+# A close frame to a slow consumer gets this long to go out (and be answered); then the TCP connection is
+# reset, so a peer that never reads cannot keep a socket, its buffers and its session alive.
+CLOSE_GRACE_S = 1.0
+# Messages owed to a client before a 4400 close (the errors that explain it) get this long to be written.
+FLUSH_BEFORE_CLOSE_S = 1.0
 
 # The fan-out tick: deltas are batched per 100 ms (configurable), but an idle hub sends at once.
 DEFAULT_TICK_MS = 100

@@ -30,6 +30,7 @@ from callboard.clock import Clock
 from wallboard import patch
 from wallboard.const import DEFAULT_TICK_MS, SLOW_CLOSE_S, SOFT_PENDING
 from wallboard.mirror import Changes, Mirror
+from wallboard.patch import without_nulls
 
 log = logging.getLogger(__name__)
 
@@ -144,9 +145,9 @@ class Hub:
         return {
             "type": "snapshot",
             "server_time_ms": now_ms,
-            "center": self.mirror.center(),
-            "agents": {a: dict(self.mirror.agents[a]) for a in agent_ids},
-            "queues": {q: self.mirror.queue_entry(q, now_ms) for q in queue_names},
+            "center": without_nulls(self.mirror.center()),
+            "agents": {a: without_nulls(self.mirror.agents[a]) for a in agent_ids},
+            "queues": {q: without_nulls(self.mirror.queue_entry(q, now_ms)) for q in queue_names},
         }
 
     def covered(self, topics: Iterable[str]) -> tuple[list[str], list[str]]:

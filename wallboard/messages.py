@@ -33,12 +33,64 @@ def rejection(code: str) -> dict[str, Any]:
     return error(code, REJECT_MESSAGES.get(code, code.replace("_", " ")))
 
 
+# Client messages and API bodies are flat objects (hello, set_state: depth 1-2). 32 levels is generous for any
+# later message, and far below what recursive decoders and encoders survive (Python's limit is 1,000 frames).
+MAX_NESTING = 32
+TOO_DEEP = f"the message is nested too deeply (at most {MAX_NESTING} levels of arrays and objects)"
+NOT_JSON = "the message is not valid JSON (or msgpack on the msgpack subprotocol)"
+
+
+def _may_be_deep(data: str | bytes) -> bool:
+    """Cheap pre-check: fewer brackets than the limit cannot nest deeper than it (every ordinary message)."""
+    if isinstance(data, str):
+        return data.count("[") + data.count("{") > MAX_NESTING
+    return data.count(b"[") + data.count(b"{") > MAX_NESTING
+
+
+def _nesting_of(obj: Any, limit: int) -> int:
+    """Depth of a decoded value, level by level (no recursion); stops counting past `limit`."""
+    depth, level = 0, [obj] if isinstance(obj, dict | list) else []
+    while level and depth <= limit:
+        depth += 1
+        inner: list[Any] = []
+        for value in level:
+            inner.extend(v for v in (value.values() if isinstance(value, dict) else value) if isinstance(v, dict | list))
+        level = inner
+    return depth
+
+
+def parse_json(data: str | bytes) -> Any:
+    """JSON text (str, or bytes in UTF-8/16/32) -> value, or WireError("bad_message") in plain English.
+
+    The one place client JSON is decoded (websocket frames and HTTP API bodies). The C decoder stops at the
+    interpreter's recursion limit with a RecursionError (quickly: it fails on the way down); anything it
+    does return is then held to MAX_NESTING, so no caller ever sees a deeper value or a traceback.
+    """
+    try:
+        obj = json.loads(data)
+    except RecursionError:
+        raise WireError("bad_message", TOO_DEEP) from None
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
+        raise WireError("bad_message", NOT_JSON) from None
+    if _may_be_deep(data) and _nesting_of(obj, MAX_NESTING) > MAX_NESTING:
+        raise WireError("bad_message", TOO_DEEP)
+    return obj
+
+
 def decode(data: str | bytes) -> dict[str, Any]:
     """A client frame (JSON text or msgpack binary) -> dict, or WireError."""
-    try:
-        obj = json.loads(data) if isinstance(data, str) else msgpack.unpackb(data, raw=False)
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
-        raise WireError("bad_message", "the message is not valid JSON (or msgpack on the msgpack subprotocol)") from None
+    if isinstance(data, str):
+        obj = parse_json(data)
+    else:
+        try:
+            # msgpack's own stack limit (StackError) bounds its recursion; our limit is checked after.
+            obj = msgpack.unpackb(data, raw=False)
+        except msgpack.StackError:
+            raise WireError("bad_message", TOO_DEEP) from None
+        except (ValueError, msgpack.ExtraData, msgpack.FormatError):
+            raise WireError("bad_message", NOT_JSON) from None
+        if _nesting_of(obj, MAX_NESTING) > MAX_NESTING:  # msgpack bytes say nothing about brackets: always
+            raise WireError("bad_message", TOO_DEEP)
     if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
         raise WireError("bad_message", 'a message must be an object with a "type"')
     return obj

@@ -49,3 +49,12 @@ def compose(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
         else:
             result[key] = value
     return result
+
+
+def without_nulls(doc: dict[str, Any]) -> dict[str, Any]:
+    """The document as a merge patch leaves it: null members omitted, at every depth (absent means null).
+
+    Snapshots are built with this, so that applying every delta to the first snapshot gives exactly a fresh
+    snapshot: a patch can only delete a member, never store a null.
+    """
+    return {k: without_nulls(v) if type(v) is dict else v for k, v in doc.items() if v is not None}

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import secrets
+import socket
+import struct
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -19,14 +22,17 @@ from wallboard.const import (
     CLOSE_BAD_MESSAGE,
     CLOSE_BAD_TOKEN,
     CLOSE_FORBIDDEN,
+    CLOSE_GRACE_S,
     CLOSE_NO_HELLO,
     CLOSE_TOO_SLOW,
+    FLUSH_BEFORE_CLOSE_S,
     HEARTBEAT_S,
     HELLO_TIMEOUT_S,
     JSON_PROTOCOL,
     MAX_BAD_MESSAGES,
     MAX_FRAME_BYTES,
     MSGPACK_PROTOCOL,
+    SLOW_CLOSE_S,
     WRITE_BUFFER_HIGH,
     WRITE_BUFFER_POLL_S,
 )
@@ -34,6 +40,30 @@ from wallboard.hub import Subscriber
 from wallboard.messages import WireError
 
 log = logging.getLogger(__name__)
+
+_SIOCOUTQNSD = 0x894B  # Linux: bytes in a socket's send queue not yet sent (the peer's window is closed)
+
+
+def owed_bytes(transport: asyncio.Transport | None) -> int:
+    """Bytes handed to this connection that the peer has not taken: asyncio's buffer plus the kernel's unsent."""
+    if transport is None:
+        return 0
+    owed = transport.get_write_buffer_size()
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            owed += struct.unpack("i", fcntl.ioctl(sock.fileno(), _SIOCOUTQNSD, b"\0\0\0\0"))[0]
+        except (OSError, ValueError):  # not Linux, or the socket is already closed: asyncio's part is what we know
+            pass
+    return owed
+
+
+def _reset_on_close(transport: asyncio.Transport | None) -> None:
+    """Make the socket's close a reset: a peer that reads nothing must not keep our kernel buffers."""
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is not None:
+        with contextlib.suppress(OSError, ValueError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
 
 class Session:
@@ -49,11 +79,12 @@ class Session:
         topics = messages.topics_for(claims, services.config)
         self.sub = Subscriber(topics, encoding, on_slow=self._on_slow)
         self.writer: asyncio.Task[None] | None = None
+        self.closer: asyncio.Task[None] | None = None  # held so the close task is not garbage-collected
+        self.closing = False
         self.bad_in_a_row = 0
 
     async def write_loop(self) -> None:
         metrics = self.services.metrics
-        transport = self.transport
         while True:
             item = await self.sub.next()
             if isinstance(item.data, str):
@@ -61,25 +92,77 @@ class Session:
             else:
                 await self.ws.send_bytes(item.data)
             metrics.ws_messages_sent.inc()
-            while transport is not None and transport.get_write_buffer_size() > WRITE_BUFFER_HIGH:
-                if transport.is_closing():
-                    return
-                await asyncio.sleep(WRITE_BUFFER_POLL_S)  # the peer is not reading: let the outbox merge
+            if not await self._until_taken():
+                return
+
+    async def _until_taken(self) -> bool:
+        """Hold further frames while the peer owes more than WRITE_BUFFER_HIGH (they merge in the outbox).
+
+        False when the connection is closing or the peer was judged too slow: it took less than
+        WRITE_BUFFER_HIGH bytes in SLOW_CLOSE_S while owing more than that.
+        """
+        transport = self.transport
+        owed = owed_bytes(transport)
+        if owed <= WRITE_BUFFER_HIGH:
+            return True
+        loop = asyncio.get_running_loop()
+        since, mark = loop.time(), owed
+        while owed > WRITE_BUFFER_HIGH:
+            if transport is None or transport.is_closing():
+                return False
+            await asyncio.sleep(WRITE_BUFFER_POLL_S)
+            owed = owed_bytes(transport)
+            if owed + WRITE_BUFFER_HIGH <= mark:  # it took a fair amount: slow maybe, but reading
+                since, mark = loop.time(), owed
+            elif loop.time() - since > SLOW_CLOSE_S:
+                self.sub.closed = True
+                self._on_slow()
+                return False
+        return True
 
     def _on_slow(self) -> None:
+        if self.closing:
+            return
         self.services.metrics.ws_slow_consumer_closes.inc()
         log.warning("closing slow websocket %s (%s %s) with 4429", self.conn_id, self.claims.role, self.claims.sub)
-        asyncio.get_running_loop().create_task(self.close(CLOSE_TOO_SLOW, "too slow"))
+        self.closer = asyncio.get_running_loop().create_task(self.close(CLOSE_TOO_SLOW, "too slow"))
 
     async def close(self, code: int, reason: str) -> None:
-        """Close without waiting on a writer that is stuck behind a full socket buffer."""
-        if self.writer is not None:
+        """Close without ever waiting long on the peer.
+
+        Messages already owed (the errors that explain a 4400) are written first, for FLUSH_BEFORE_CLOSE_S at
+        most; a slow consumer's are not. The close frame then gets CLOSE_GRACE_S; a 4429 connection is reset
+        after that, whatever the peer does, so it cannot hold the socket open by not reading.
+        """
+        if self.closing:
+            return
+        self.closing = True
+        if self.writer is not None and self.writer is not asyncio.current_task():
             self.writer.cancel()
+        if code == CLOSE_TOO_SLOW:
+            _reset_on_close(self.transport)
+        else:
+            await self._flush_owed()
+        self.sub.closed = True
         try:
-            await asyncio.wait_for(self.ws.close(code=code, message=reason.encode()), timeout=2.0)
+            await asyncio.wait_for(self.ws.close(code=code, message=reason.encode()), timeout=CLOSE_GRACE_S)
         except (TimeoutError, ConnectionError, RuntimeError):
-            if self.transport is not None:
-                self.transport.abort()
+            pass
+        if self.transport is not None and (code == CLOSE_TOO_SLOW or not self.transport.is_closing()
+                                           or self.transport.get_write_buffer_size()):
+            self.transport.abort()
+
+    async def _flush_owed(self) -> None:
+        """Write what the outbox still holds for this client, within FLUSH_BEFORE_CLOSE_S."""
+        outbox = self.sub.outbox
+        try:
+            async with asyncio.timeout(FLUSH_BEFORE_CLOSE_S):
+                while outbox:
+                    item = outbox.popleft()
+                    await (self.ws.send_str(item.data) if isinstance(item.data, str) else self.ws.send_bytes(item.data))
+                    self.services.metrics.ws_messages_sent.inc()
+        except (TimeoutError, ConnectionError, RuntimeError):
+            pass
 
     def handle(self, msg: dict[str, Any]) -> None:
         """Act on one client message; raises WireError for the client's mistakes."""
