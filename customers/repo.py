@@ -110,8 +110,10 @@ async def notes(conn: AsyncConnection, customer_id: str, *, limit: int | None = 
 
 async def add_note(conn: AsyncConnection, customer_id: str, agent: str, text: str, call_sid: str | None,
                    now_ms: int) -> dict[str, Any] | None:
-    """Add a note; None if the customer does not exist."""
-    if not await exists(conn, customer_id):
+    """Add a note; None if the customer does not exist. The customer's updated_ms moves too, so the pop and
+    an empty search list the customers last spoken with first."""
+    touched = await conn.execute(update(customers).where(customers.c.id == customer_id).values(updated_ms=now_ms))
+    if touched.rowcount == 0:
         return None
     note = {"id": new_id("nt_"), "agent": agent, "text": text, "call_sid": call_sid, "at_ms": now_ms}
     await conn.execute(insert(customer_notes).values(customer_id=customer_id, **note))
