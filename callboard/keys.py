@@ -57,3 +57,15 @@ def agent_leg(call_sid: str) -> str:
 # Handle times finalized inside presence scripts (a wrap-up ended in a sweep or a state change), waiting for
 # any instance's call flow to observe them in its call_handle metric: a list of "<queue>\t<handle ms>".
 HANDLED_OBSERVATIONS = PREFIX + "handled:obs"
+
+
+def caller(call_sid: str) -> str:
+    """JSON of the directory lookup of a caller's number, written at `incoming` (customers/lookup.py), TTL 12 h:
+    {"withheld", "customers": [pop entries], "owner", "owner_team", "directory_unavailable"?}. The pop and
+    the routing read it."""
+    return f"{PREFIX}caller:{call_sid}"
+
+
+# The facts stream (cb:facts): one JSON object per entry (field `f`), never trimmed by writers.
+def facts() -> str:
+    return f"{PREFIX}facts"
