@@ -107,7 +107,7 @@ def queries(rows: list[CustomerFields]) -> list[tuple[str, str]]:
         ("phone national with hyphens", hyphenated),
         ("phone last 8 digits", number[-8:]),
         ("no match", "該当なしの名前"),
-        ("empty query (latest)", ""),
+        ("empty query (first page by name)", ""),
     ]
 
 

@@ -29,7 +29,6 @@ customers = Table(
 )
 Index("ix_customers_name", customers.c.name)
 Index("ix_customers_owner", customers.c.owner)
-Index("ix_customers_updated_ms", customers.c.updated_ms)
 
 customer_phones = Table(
     "customer_phones", metadata,

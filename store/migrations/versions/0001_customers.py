@@ -36,7 +36,6 @@ def upgrade() -> None:
     )
     op.create_index("ix_customers_name", "customers", ["name"])
     op.create_index("ix_customers_owner", "customers", ["owner"])
-    op.create_index("ix_customers_updated_ms", "customers", ["updated_ms"])
     op.create_table(
         "customer_phones",
         sa.Column("customer_id", sa.String(32), nullable=False),
@@ -77,7 +76,6 @@ def downgrade() -> None:
     op.drop_table("customer_notes")
     op.drop_index("ix_customer_phones_e164", table_name="customer_phones")
     op.drop_table("customer_phones")
-    op.drop_index("ix_customers_updated_ms", table_name="customers")
     op.drop_index("ix_customers_owner", table_name="customers")
     op.drop_index("ix_customers_name", table_name="customers")
     op.drop_table("customers")
