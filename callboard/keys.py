@@ -65,7 +65,3 @@ def caller(call_sid: str) -> str:
     the routing read it."""
     return f"{PREFIX}caller:{call_sid}"
 
-
-# The facts stream (cb:facts): one JSON object per entry (field `f`), never trimmed by writers.
-def facts() -> str:
-    return f"{PREFIX}facts"

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, literal, or_, select, update
+from sqlalchemy import and_, delete, func, insert, literal, select, union, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from customers import phones as ph
@@ -111,7 +111,7 @@ async def notes(conn: AsyncConnection, customer_id: str, *, limit: int | None = 
 async def add_note(conn: AsyncConnection, customer_id: str, agent: str, text: str, call_sid: str | None,
                    now_ms: int) -> dict[str, Any] | None:
     """Add a note; None if the customer does not exist. The customer's updated_ms moves too, so the pop and
-    an empty search list the customers last spoken with first."""
+    the pop lists the customers last spoken with first."""
     touched = await conn.execute(update(customers).where(customers.c.id == customer_id).values(updated_ms=now_ms))
     if touched.rowcount == 0:
         return None
@@ -126,23 +126,34 @@ async def search(conn: AsyncConnection, query: str, *, region: str, limit: int =
     text = query.strip()
     stmt = select(*_PUBLIC)
     if text:
-        conditions = []
+        postgres = conn.dialect.name == "postgresql"
         if ph.looks_like_phone(text):
-            number_digits = ph.digits(text)
-            conditions.append(customers.c.search_text.like(like_pattern(number_digits), escape="\\"))
+            # Two indexed lookups, united: the exact number (phones.e164) and its digits anywhere (trigrams).
+            # An OR of the two in one WHERE would make PostgreSQL scan every row.
+            branches = [select(customers.c.id.label("cid"))
+                        .where(customers.c.search_text.like(like_pattern(ph.digits(text)), escape="\\"))]
             e164 = ph.try_normalize(text, region)
             if e164:
-                conditions.append(customers.c.id.in_(
-                    select(customer_phones.c.customer_id).where(customer_phones.c.e164 == e164)))
-        words = fold(text).split()
-        if words:
-            conditions.append(and_(*(customers.c.search_text.like(like_pattern(w), escape="\\") for w in words)))
-        stmt = stmt.where(or_(*conditions)).order_by(customers.c.name, customers.c.id)
+                branches.append(select(customer_phones.c.customer_id.label("cid")).where(customer_phones.c.e164 == e164))
+            stmt = stmt.where(customers.c.id.in_(union(*branches).subquery().select()))
+        else:
+            stmt = stmt.where(and_(*(_contains(w, postgres) for w in fold(text).split())))
+        # `name || ''`: sort the matches, never walk the name index hoping for early ones — a rare term would
+        # visit every row in random order (measured: ~0.7 s at 100,000 customers on SQLite).
+        stmt = stmt.order_by(customers.c.name.concat(""), customers.c.id)
     else:
-        stmt = stmt.order_by(customers.c.updated_ms.desc(), customers.c.id)
+        stmt = stmt.order_by(customers.c.name, customers.c.id)  # the name index: the first page at once
     rows = list(await conn.execute(stmt.limit(limit)))
     phones = await _phones_of(conn, [r.id for r in rows])
     return [_customer(r, phones[r.id]) for r in rows]
+
+
+def _contains(word: str, postgres: bool) -> Any:
+    """`word` anywhere in search_text. On PostgreSQL a word under 3 characters has no trigram, and a LIKE would
+    make the planner read the whole trigram index; strpos() makes it a plain scan instead (measured 10x faster)."""
+    if postgres and len(word) < 3:
+        return func.strpos(customers.c.search_text, word) > 0
+    return customers.c.search_text.like(like_pattern(word), escape="\\")
 
 
 async def by_phone(conn: AsyncConnection, e164: str, *, notes_limit: int = POP_NOTES) -> list[dict[str, Any]]:

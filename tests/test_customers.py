@@ -121,7 +121,7 @@ async def test_search_by_any_field_and_any_spelling_of_a_number(db: Database) ->
     assert await ids("%") == [pct]  # LIKE wildcards are literal
     assert await ids("_") == []
     assert await ids("nobody at all") == []
-    assert len(await ids("")) == 4  # no query: the most recently updated
+    assert len(await ids("")) == 4  # no query: the first page by name
     async with db.connect() as conn:
         found = await repo.search(conn, "山田", region="JP", limit=1)
     assert len(found) == 1 and found[0]["phones"][0] == "+81312345678"
