@@ -63,6 +63,9 @@ async def index(request: web.Request) -> web.StreamResponse:
 def _page(name: str) -> Any:
     async def handler(request: web.Request) -> web.StreamResponse:
         html = read_page(name)
+        language = _services(request).config.center.ui_language
+        if language:  # the pages' fallback language, read before the first paint (validated as a BCP 47 tag)
+            html = html.replace("<html ", f'<html data-ui-language="{language}" ', 1)
         # The token travels in the fragment and never reaches us; no-store keeps pages fresh after upgrades.
         return web.Response(text=html, content_type="text/html", headers={"Cache-Control": "no-store"})
 
