@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import errno
 import logging
 import signal
 import sys
@@ -34,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="callboard", description="Real-time presence and wallboard for Twilio contact centers")
     sub = parser.add_subparsers(dest="command")
+    _init_args(sub)
 
     serve = sub.add_parser("serve", help="run the service")
     _server_args(serve)
@@ -46,9 +48,11 @@ def _parser() -> argparse.ArgumentParser:
     from callboard import simulate
 
     simulate.add_arguments(demo)
-    # The demo center has 12 agents and ~3-minute calls: 4 a minute keeps the floor busy from the first
-    # minute with some callers waiting and a few abandons, as a real busy hour looks.
-    demo.set_defaults(func=_cmd_demo, calls_per_minute=4.0, url=None)
+    # The demo center has 12 agents and ~3-minute calls, so at real speed a floor takes minutes to fill
+    # (measured: 3 on calls after 75 s at 4 calls a minute). At twice the speed, 5 simulated calls a
+    # minute (10 a minute of wall time, calls of about 1.5 minutes) fill it within the first minute:
+    # callers waiting, a few abandons, the colours of a busy hour. --speed 1 --calls-per-minute 2 calms it.
+    demo.set_defaults(func=_cmd_demo, calls_per_minute=5.0, speed=2.0, url=None)
 
     sim = sub.add_parser("simulate", help="drive a running callboard like Twilio and softphones would")
     simulate.add_arguments(sim)
@@ -209,6 +213,10 @@ async def _serve(args: argparse.Namespace, *, demo: bool) -> int:
                     "use a long random value (e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')")
     log.info("config: %s (%d queues, %d agents)", config.source, len(config.queues), len(config.agents))
 
+    problem = _port_problem(settings.host, settings.port)
+    if problem:  # before the embedded Redis starts: a second demo must not trip over the first one's data dir
+        print(f"callboard: {problem}", file=sys.stderr)
+        return 2
     embedded = None
     redis_url = settings.redis_url
     if redis_url is None:
@@ -230,7 +238,13 @@ async def _serve(args: argparse.Namespace, *, demo: bool) -> int:
     try:
         await runner.setup()
         site = web.TCPSite(runner, settings.host, settings.port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            if exc.errno not in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+                raise
+            print(f"callboard: {_bind_problem(exc.errno, settings.host, settings.port)}", file=sys.stderr)
+            return 2
         base = f"http://{_client_host(settings.host)}:{settings.port}"
         log.info("serving on %s (wallboard %s/wallboard, metrics %s/metrics)", base, base, base)
         sim_task = None
@@ -259,7 +273,9 @@ async def _run_demo_simulation(args: argparse.Namespace, config: Config, setting
     wall = issue_token(secret, "demo-wallboard", "wallboard", 7 * 86400)
     agent_id = config.agents[0].id if config.agents else None
     print("\n  callboard demo is running.\n", flush=True)
-    print(f"  Wallboard:      {base}/wallboard#token={wall}", flush=True)
+    # the wall display's URL: kiosk (data only, no controls), in the center's language when it names one
+    lang = f"&lang={config.center.ui_language}" if config.center.ui_language else ""
+    print(f"  Wallboard:      {base}/wallboard?kiosk=1{lang}#token={wall}", flush=True)
     if agent_id:
         agent = issue_token(secret, agent_id, "agent", 7 * 86400)
         print(f"  Agent console:  {base}/agent#token={agent}   (the simulator drives {agent_id} too)", flush=True)
@@ -271,6 +287,59 @@ async def _run_demo_simulation(args: argparse.Namespace, config: Config, setting
         await simulate.run_simulation(opts, stop=stop)
     except Exception:
         log.exception("the demo simulator stopped")
+
+
+def _init_args(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    init = sub.add_parser("init", help="write a commented example callboard.toml to edit into your center")
+    init.add_argument("path", nargs="?", default="callboard.toml", help="where to write it (default: callboard.toml)")
+    init.set_defaults(func=_cmd_init)
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    from callboard.example import ExampleExists, write_example
+
+    path = Path(args.path)
+    try:
+        write_example(path)
+    except ExampleExists:
+        print(f"callboard: {path} already exists; not overwriting it (remove it or name another file)", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"callboard: cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}: edit the center, queues and agents, then run\n  callboard serve --config {path}")
+    return 0
+
+
+def _port_problem(host: str, port: int) -> str | None:
+    """Can we listen on host:port? A probe bind (released at once); the real bind still handles a race."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        return f"cannot listen on {host}:{port} (unknown host); use --host or HOST"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp binds: TIME_WAIT is no conflict
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            return _bind_problem(exc.errno or 0, host, port)
+    return None
+
+
+def _bind_problem(code: int, host: str, port: int) -> str:
+    """One English line for a listen socket that could not be opened (never a traceback)."""
+    if code == errno.EADDRINUSE:
+        return f"port {port} is in use; use --port or PORT"
+    if code == errno.EACCES:
+        return f"not allowed to listen on port {port} (ports below 1024 need privileges); use --port or PORT"
+    if code == errno.EADDRNOTAVAIL:
+        return f"cannot listen on {host}:{port} (no such local address); use --host or HOST"
+    import os
+
+    return f"cannot listen on {host}:{port} ({os.strerror(code)}); use --host/HOST or --port/PORT"
 
 
 def _client_host(host: str) -> str:

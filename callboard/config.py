@@ -17,6 +17,7 @@ QUEUE_NAME_RE = re.compile(r"^[A-Za-z0-9#_-]{1,64}$")
 AGENT_ID_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,121}$")  # Twilio client identities: keep to URL-safe characters
 E164_RE = re.compile(r"^\+[1-9]\d{1,14}$")
 RESET_TIME_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+UI_LANGUAGE_RE = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*$")  # a BCP 47 tag: "ja", "en-GB"
 
 
 class ConfigError(Exception):
@@ -37,6 +38,9 @@ class Thresholds:
     waiting_critical: int = 8
     wait_warning_s: int = 60
     wait_critical_s: int = 180
+    # abandon rate (short abandons excluded): lower is better, amber from the first, red from the second
+    abandon_warning: float = 0.05
+    abandon_critical: float = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +54,8 @@ class Center:
     disconnect_grace_s: int = 10
     language: str = "en-US"
     voice: str = "Polly.Joanna"
+    # the pages' language when neither ?lang= nor the browser names one they have ("en", "ja"; None: English)
+    ui_language: str | None = None
     position_every_s: int = 30
     hold_music_url: str | None = None
     caller_id: str | None = None
@@ -163,6 +169,8 @@ def parse_config(raw: dict[str, Any], source: str) -> Config:
         raise ConfigError(source, "center.timezone", f"unknown time zone {center.timezone!r}") from None
     if not RESET_TIME_RE.match(center.reset_time):
         raise ConfigError(source, "center.reset_time", f"{center.reset_time!r} is not a time like \"00:00\"")
+    if center.ui_language is not None and not UI_LANGUAGE_RE.match(center.ui_language):
+        raise ConfigError(source, "center.ui_language", f"{center.ui_language!r} is not a language tag like \"ja\" or \"en\"")
     if center.caller_id is not None and not E164_RE.match(center.caller_id):
         raise ConfigError(source, "center.caller_id", "must be an E.164 number like +15551234567")
     if not _known_region(center.default_region):
@@ -316,13 +324,13 @@ def demo_config() -> Config:
             {"id": aid, "name": name, "team": team, "queues": queues}
             for aid, name, team, queues in [
                 ("alice", "Alice Moreau", "support", ["support", "billing"]),
-                ("bob", "Bob Tanaka", "support", ["support"]),
+                ("bob", "山田 太郎", "support", ["support"]),
                 ("carol", "Carol Singh", "support", ["support", "billing"]),
                 ("dave", "Dave Okafor", "support", ["support"]),
                 ("erin", "Erin Larsen", "support", ["billing", "support"]),
                 ("frank", "Frank Dubois", "support", ["support"]),
                 ("grace", "Grace Kim", "sales", ["sales"]),
-                ("heidi", "Heidi Novak", "sales", ["sales"]),
+                ("heidi", "佐藤 花子", "sales", ["sales"]),
                 ("ivan", "Ivan Petrov", "sales", ["sales"]),
                 ("judy", "Judy Alvarez", "sales", ["sales", "support"]),
                 ("mallory", "Mallory Chen", "billing", ["billing"]),

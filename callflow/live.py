@@ -6,7 +6,7 @@ full waiting info), so applying an entry twice, or after a resync, changes nothi
 queues whose numbers changed only because time passed.
 
 Stream payload (see callflow/lua.py emit_queue):
-    {"waiting": int, "oldest_ms": int (0 = nobody waiting),
+    {"waiting": int, "oldest_ms": int (0 = nobody waiting), "waiting_ms"?: [enqueue ms of the oldest 50],
      "day"?: "yyyy-mm-dd", "today"?: {counter: int}, "minute"?: epoch minute, "bucket"?: {counter: int}}
 """
 
@@ -22,13 +22,17 @@ from callboard.config import Config
 from callflow.stats import add_counters, stats_from_counters
 from callflow.windows import LAST_WINDOW_MINUTES, day_key, epoch_minute
 
+# How many waiting callers' enqueue times a queue's snapshot carries (the same 50 as emit_queue's Lua).
+WAITING_LIST_MAX = 50
+
 
 class _QueueState:
-    __slots__ = ("waiting", "oldest_ms", "days", "minutes")
+    __slots__ = ("waiting", "oldest_ms", "days", "minutes", "waiting_ms")
 
     def __init__(self) -> None:
         self.waiting = 0
         self.oldest_ms: int | None = None
+        self.waiting_ms: list[int] = []  # enqueue times of the oldest WAITING_LIST_MAX callers, oldest first
         self.days: dict[str, dict[str, int]] = {}
         self.minutes: dict[int, dict[str, int]] = {}
 
@@ -66,7 +70,7 @@ class QueueStatsMirror:
         pipe = redis.pipeline(transaction=False)
         for name in names:
             pipe.zcard(keys.queue_waiting(name))
-            pipe.zrange(keys.queue_waiting(name), 0, 0, withscores=True)
+            pipe.zrange(keys.queue_waiting(name), 0, WAITING_LIST_MAX - 1, withscores=True)
             pipe.hgetall(keys.queue_day(name, day))
             for minute in minutes:
                 pipe.hgetall(keys.queue_minute(name, minute))
@@ -77,6 +81,7 @@ class QueueStatsMirror:
             state = _QueueState()
             state.waiting = int(chunk[0])
             state.oldest_ms = int(chunk[1][0][1]) if chunk[1] else None
+            state.waiting_ms = [int(score) for _, score in chunk[1]]
             state.days[day] = _counters(chunk[2])
             for minute, raw in zip(minutes, chunk[3:], strict=True):
                 if raw:
@@ -91,6 +96,10 @@ class QueueStatsMirror:
             return  # a queue no longer in the config
         state.waiting = int(payload.get("waiting", 0))
         state.oldest_ms = int(payload.get("oldest_ms") or 0) or None
+        if "waiting_ms" in payload:  # cmsgpack sends an empty Lua table as {}: no callers
+            state.waiting_ms = [int(ms) for ms in (payload["waiting_ms"] or ())][:WAITING_LIST_MAX]
+        elif not state.waiting:
+            state.waiting_ms = []
         if payload.get("day") is not None:
             state.days[str(payload["day"])] = _counters(payload.get("today"))
             for old in sorted(state.days)[:-2]:  # keep the current window and the one before
@@ -99,13 +108,14 @@ class QueueStatsMirror:
             state.minutes[int(payload["minute"])] = _counters(payload.get("bucket"))
 
     def snapshot(self, queue: str, now_ms: int) -> dict[str, Any]:
-        """{"waiting", "oldest_enqueued_ms", "today", "last_30m"} with every field of the contract's table."""
+        """{"waiting", "oldest_enqueued_ms", "waiting_enqueued_ms", "today", "last_30m"} with every field of the contract's table."""
         state = self._queues.get(queue) or _QueueState()
         day, first_minute = self._window(now_ms)
         last = add_counters(c for m, c in state.minutes.items() if m >= first_minute)
         return {
             "waiting": state.waiting,
             "oldest_enqueued_ms": state.oldest_ms,
+            "waiting_enqueued_ms": list(state.waiting_ms),
             "today": stats_from_counters(state.days.get(day, {})),
             "last_30m": stats_from_counters(last),
         }

@@ -71,6 +71,13 @@ local function emit_queue(q, day, minute)
   local wk = k_waiting(q)
   local first = redis.call('ZRANGE', wk, 0, 0, 'WITHSCORES')
   local p = {waiting = redis.call('ZCARD', wk), oldest_ms = tonumber(first[2] or 0)}
+  -- The enqueue times of the oldest 50 waiting callers: the wallboard counts those past the SL threshold
+  -- ("at risk") every second from these, with no event when a caller crosses it. 50: past that many
+  -- callers at risk the exact number no longer changes what a supervisor does.
+  local oldest = redis.call('ZRANGE', wk, 0, 49, 'WITHSCORES')
+  local since = {}
+  for i = 2, #oldest, 2 do since[#since + 1] = tonumber(oldest[i]) end
+  p.waiting_ms = since
   if day then p.day = day; p.today = counters(k_day(q, day)) end
   if minute then p.minute = minute; p.bucket = counters(k_min(q, minute)) end
   emit('queue', q, p)

@@ -11,13 +11,13 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from importlib import resources
 from typing import Any
 
 from aiohttp import web
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
+from callboard.assets import read_page
 from callboard.auth import Claims, TokenError, verify_token
 from callboard.services import SERVICES, Services
 from customers import csvio, repo
@@ -321,7 +321,7 @@ async def export_customers(request: web.Request) -> web.StreamResponse:
 
 
 async def customers_page(request: web.Request) -> web.StreamResponse:
-    html = resources.files("static").joinpath("customers.html").read_text(encoding="utf-8")
+    html = read_page("customers.html")
     return web.Response(text=html, content_type="text/html", headers=HEADERS)
 
 

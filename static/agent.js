@@ -21,6 +21,7 @@ import {
   setLevel,
   setText,
   stateLabel,
+  t,
   takeToken,
 } from "./common.js";
 
@@ -76,7 +77,7 @@ let errorTimer = 0;
 
 function showError(code, message) {
   setText(dom.errorCode, code || "error");
-  setText(dom.errorMessage, message || "Something went wrong.");
+  setText(dom.errorMessage, message || t("Something went wrong."));
   dom.error.hidden = false;
   window.clearTimeout(errorTimer);
   errorTimer = window.setTimeout(hideError, ERROR_VISIBLE_MS);
@@ -100,7 +101,7 @@ function renderHeader() {
   const center = snapshot?.center || {};
   setText(dom.centerName, center.name || "");
   const record = myRecord();
-  const name = record?.name || me || "Agent";
+  const name = record?.name || me || t("Agent");
   setText(dom.agentName, name);
   document.title = `${name} — callboard`;
   clockFormat = clockFormatter(center.timezone);
@@ -123,9 +124,9 @@ function renderMe() {
     dom.badge.dataset.state = state || "unknown";
     badgeState = state;
   }
-  setText(dom.myName, record ? `${record.name || me}${record.team ? ` \u00b7 ${record.team}` : ""}` : me ? `${me} is not an agent of this center` : "");
+  setText(dom.myName, record ? `${record.name || me}${record.team ? ` \u00b7 ${record.team}` : ""}` : me ? t("{id} is not an agent of this center", { id: me }) : "");
   setText(dom.myState, record ? stateLabel(state) : EM_DASH);
-  const detail = record?.reason || (state === "on-call" && record?.call?.from ? `with ${record.call.from}` : "");
+  const detail = record?.reason || (state === "on-call" && record?.call?.from ? t("with {caller}", { caller: record.call.from }) : "");
   setText(dom.myReason, detail);
   tickMe();
   dom.btnAvailable.classList.toggle("current", state === "available");
@@ -177,7 +178,7 @@ function setState(state, reason) {
   if (state === "away" && reason) message.reason = reason;
   // No optimistic update: the badge changes when the server's delta says so (one path for one fact).
   if (!socket || !socket.send(message)) {
-    showError("not_connected", "Not connected \u2014 your state was not changed. Try again when the banner is gone.");
+    showError("not_connected", t("Not connected \u2014 your state was not changed. Try again when the banner is gone."));
   }
 }
 
@@ -199,7 +200,7 @@ function setupButtons() {
   $("error-dismiss").addEventListener("click", hideError);
   const themeButton = $("theme-toggle");
   const label = () => {
-    themeButton.textContent = document.documentElement.dataset.theme === "light" ? "Dark" : "Light";
+    themeButton.textContent = document.documentElement.dataset.theme === "light" ? t("Dark") : t("Light");
   };
   label();
   themeButton.addEventListener("click", () => {
@@ -221,13 +222,13 @@ function renderPop() {
     dom.popCustomers.replaceChildren();
     return;
   }
-  setText(dom.popFrom, pop.from || "unknown caller");
+  setText(dom.popFrom, pop.from || t("unknown caller"));
   setText(dom.popQueue, pop.queue || EM_DASH);
   setText(dom.popWaited, formatDuration(pop.waited_s));
   setText(dom.popTo, pop.to || EM_DASH);
   const customers = Array.isArray(pop.customers) ? pop.customers : [];
   if (customers.length === 0) {
-    dom.popCustomers.replaceChildren(el("p", { className: "no-customer", "data-testid": "pop-no-customer", textContent: "no customer record" }));
+    dom.popCustomers.replaceChildren(el("p", { className: "no-customer", "data-testid": "pop-no-customer", textContent: t("no customer record") }));
     return;
   }
   dom.popCustomers.replaceChildren(el("ul", { className: "customers" }, ...customers.map(renderCustomer)));
@@ -242,7 +243,7 @@ function renderCustomer(customer, index) {
     return item;
   }
   const nameKey = NAME_KEYS.find((k) => typeof customer[k] === "string" && customer[k]);
-  item.append(el("div", { className: "customer-name", textContent: nameKey ? customer[nameKey] : "Customer" }));
+  item.append(el("div", { className: "customer-name", textContent: nameKey ? customer[nameKey] : t("Customer") }));
   const details = el("dl");
   for (const [key, value] of Object.entries(customer)) {
     if (key === nameKey || value === null || value === undefined || value === "") continue;
@@ -273,7 +274,7 @@ function renderMyQueues() {
           { className: "myqueue", "data-testid": `myqueue-${name}` },
           el("div", { className: "myqueue-name", textContent: name }),
           waiting,
-          el("div", { className: "myqueue-longest" }, "waiting \u00b7 longest ", longest),
+          el("div", { className: "myqueue-longest" }, `${t("waiting \u00b7 longest")} `, longest),
         );
         queueViews.set(name, { name, root, waiting, longest, oldestMs: null, thresholds: {} });
         return root;
@@ -372,7 +373,7 @@ function orderMates() {
     previous = view.root;
   }
   dom.mates.classList.toggle("empty", views.length === 0);
-  if (views.length === 0 && !dom.mates.firstChild) dom.mates.append(el("p", { className: "pop-idle mates-empty", textContent: "No teammates online in this view." }));
+  if (views.length === 0 && !dom.mates.firstChild) dom.mates.append(el("p", { className: "pop-idle mates-empty", textContent: t("No teammates online in this view.") }));
   else dom.mates.querySelector(".mates-empty")?.remove();
 }
 
@@ -451,7 +452,7 @@ function voiceNotice(text, presenceOnly = false) {
 function presenceOnly(reason) {
   voice.ready = false;
   dom.takeNext.disabled = true;
-  voiceNotice(`Presence only: ${reason}`, true);
+  voiceNotice(t("Presence only: {reason}", { reason }), true);
   dom.takeNext.dataset.voice = "unavailable";
 }
 
@@ -500,7 +501,7 @@ async function setupVoice() {
   const generation = ++voice.generation;
   dom.takeNext.disabled = true;
   dom.takeNext.dataset.voice = "checking";
-  voiceNotice("Checking voice\u2026");
+  voiceNotice(t("Checking voice\u2026"));
   try {
     voice.device?.destroy?.();
   } catch {
@@ -519,20 +520,20 @@ async function setupVoice() {
     const device = new window.Twilio.Device(answer.token);
     voice.device = device;
     device.on?.("error", (error) => {
-      voiceNotice(`Voice error: ${error?.message || error}`, true);
+      voiceNotice(t("Voice error: {message}", { message: error?.message || error }), true);
     });
     device.on?.("tokenWillExpire", async () => {
       try {
         const fresh = await fetchVoiceToken();
         device.updateToken?.(fresh.token);
       } catch (error) {
-        voiceNotice(`Voice token refresh failed: ${error.message}`, true);
+        voiceNotice(t("Voice token refresh failed: {message}", { message: error.message }), true);
       }
     });
     voice.ready = true;
     dom.takeNext.disabled = false;
     dom.takeNext.dataset.voice = "ready";
-    voiceNotice(`Voice ready${answer.identity ? ` as ${answer.identity}` : ""}.`);
+    voiceNotice(answer.identity ? t("Voice ready as {identity}.", { identity: answer.identity }) : t("Voice ready."));
   } catch (error) {
     if (generation !== voice.generation) return;
     console.warn("callboard: voice unavailable", error);
@@ -542,7 +543,7 @@ async function setupVoice() {
 
 function resetCallButton() {
   voice.call = null;
-  dom.takeNext.textContent = "Take next caller";
+  dom.takeNext.textContent = t("Take next caller");
   dom.takeNext.classList.replace("btn-danger", "btn-primary");
   dom.takeNext.disabled = !voice.ready;
 }
@@ -559,12 +560,12 @@ async function takeNext() {
   if (!voice.ready || !voice.device) return;
   const queue = dom.takeQueue.value || myRecord()?.queues?.[0];
   dom.takeNext.disabled = true;
-  voiceNotice(`Calling for the next caller${queue ? ` in ${queue}` : ""}\u2026`);
+  voiceNotice(queue ? t("Calling for the next caller in {queue}\u2026", { queue }) : t("Calling for the next caller\u2026"));
   try {
     // SDK 2.x returns a Promise<Call>; 1.x returns a Connection. await handles both.
     const call = await voice.device.connect({ params: queue ? { queue } : {} });
     voice.call = call;
-    dom.takeNext.textContent = "Hang up";
+    dom.takeNext.textContent = t("Hang up");
     dom.takeNext.classList.replace("btn-primary", "btn-danger");
     dom.takeNext.disabled = false;
     const ended = (text) => () => {
@@ -572,18 +573,18 @@ async function takeNext() {
       resetCallButton();
       voiceNotice(text);
     };
-    call?.on?.("accept", () => voiceNotice("Connected."));
-    call?.on?.("disconnect", ended("Call ended."));
-    call?.on?.("cancel", ended("Call cancelled."));
-    call?.on?.("reject", ended("Call rejected."));
+    call?.on?.("accept", () => voiceNotice(t("Connected.")));
+    call?.on?.("disconnect", ended(t("Call ended.")));
+    call?.on?.("cancel", ended(t("Call cancelled.")));
+    call?.on?.("reject", ended(t("Call rejected.")));
     call?.on?.("error", (error) => {
       if (voice.call !== call) return;
       resetCallButton();
-      voiceNotice(`Call failed: ${error?.message || error}`, true);
+      voiceNotice(t("Call failed: {message}", { message: error?.message || error }), true);
     });
   } catch (error) {
     resetCallButton();
-    voiceNotice(`Call failed: ${error?.message || error}`, true);
+    voiceNotice(t("Call failed: {message}", { message: error?.message || error }), true);
   }
 }
 
@@ -614,7 +615,7 @@ async function main() {
         updateButtons();
         if (status.state === "rejected") {
           forgetToken(PAGE);
-          token = await askForToken(PAGE, dom.tokenRoot, "This token was rejected or has expired \u2014 get a new link, or paste a new token.");
+          token = await askForToken(PAGE, dom.tokenRoot, t("This token was rejected or has expired \u2014 get a new link, or paste a new token."));
           start();
           setupVoice();
         }

@@ -3,6 +3,10 @@
 
 export const SUBPROTOCOL = "callboard.v1.json";
 
+// static/i18n.js (loaded first by every page) defines window.t; without it, English with {name} filled in.
+export const t = window.t || ((s, v) => (v ? s.replace(/\{(\w+)\}/g, (_, k) => v[k]) : s));
+const LOCALE = window.cbI18n?.locale;
+
 // Reconnect policy: exponential backoff with full jitter (sleep = random(0, min(cap, base * 2^n))).
 // Full jitter spreads a whole room of wallboards over the window after a rolling restart (1012)
 // instead of having them all hit the new instance in the same millisecond.
@@ -68,22 +72,30 @@ export function askForToken(page, root, message = "") {
     root.replaceChildren();
     root.hidden = false;
     const form = el("form", { className: "token-form", "data-testid": "token-form" });
-    const title = el("h2", { textContent: "Sign in to callboard" });
+    const title = el("h2", { textContent: t("Sign in to callboard") });
     const hint = el("p", {
       className: "token-hint",
-      textContent: message || "Paste the access token from your callboard link.",
+      textContent: message || t("Paste the access token from your callboard link."),
     });
+    // A newcomer's first question: where does a token come from? Say it, with the exact command.
+    const how = el(
+      "p",
+      { className: "token-how", "data-testid": "token-how" },
+      t("No link yet? Ask whoever runs callboard, or make one on the server:"),
+      el("code", { textContent: tokenCommand(page) }),
+      t("then open the link it is for, or paste the token here."),
+    );
     const input = el("input", {
       type: "password",
       name: "token",
       autocomplete: "off",
       spellcheck: false,
-      placeholder: "access token",
-      "aria-label": "Access token",
+      placeholder: t("access token"),
+      "aria-label": t("Access token"),
       "data-testid": "token-input",
     });
-    const button = el("button", { type: "submit", className: "btn btn-primary", textContent: "Connect", "data-testid": "token-submit" });
-    form.append(title, hint, input, button);
+    const button = el("button", { type: "submit", className: "btn btn-primary", textContent: t("Connect"), "data-testid": "token-submit" });
+    form.append(title, hint, how, input, button);
     form.addEventListener("submit", (event) => {
       event.preventDefault();
       const token = input.value.trim();
@@ -99,6 +111,13 @@ export function askForToken(page, root, message = "") {
     root.append(form);
     input.focus();
   });
+}
+
+/** The CLI command that prints a token for this page. */
+export function tokenCommand(page) {
+  if (page === "agent") return t("callboard token <your agent id> --role agent");
+  if (page === "wallboard") return t("callboard token wall-1 --role wallboard --ttl 30d");
+  return t("callboard token <your name> --role supervisor");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -198,9 +217,9 @@ export function everySecond(clock, tick) {
 export function clockFormatter(timezone) {
   const options = { hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false };
   try {
-    return new Intl.DateTimeFormat(undefined, { ...options, timeZone: timezone || undefined });
+    return new Intl.DateTimeFormat(LOCALE, { ...options, timeZone: timezone || undefined });
   } catch {
-    return new Intl.DateTimeFormat(undefined, options);
+    return new Intl.DateTimeFormat(LOCALE, options);
   }
 }
 
@@ -220,12 +239,16 @@ export function formatDuration(seconds) {
  */
 export function formatPercent(ratio) {
   if (ratio === null || ratio === undefined || !Number.isFinite(ratio)) return EM_DASH;
-  return `${Math.floor(ratio * 100 + 1e-9)}%`;
+  return `${PERCENT_NUMBER.format(Math.floor(ratio * 100 + 1e-9))}%`;
 }
 
+const PERCENT_NUMBER = new Intl.NumberFormat(LOCALE, { maximumFractionDigits: 0 });
+const COUNT_NUMBER = new Intl.NumberFormat(LOCALE);
+
+/** A count with the locale's grouping (1,234); null/undefined/NaN -> em dash. */
 export function formatCount(value) {
   if (value === null || value === undefined || !Number.isFinite(value)) return EM_DASH;
-  return String(value);
+  return COUNT_NUMBER.format(value);
 }
 
 /** "ok" | "warn" | "crit" | "" for a value where higher is worse (waiting, wait seconds). */
@@ -257,7 +280,7 @@ export const STATE_LABELS = {
 export const STATE_ORDER = ["available", "on-call", "wrap-up", "away", "offline"];
 
 export function stateLabel(state) {
-  return STATE_LABELS[state] || String(state ?? "unknown");
+  return STATE_LABELS[state] ? t(STATE_LABELS[state]) : String(state ?? t("unknown"));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -463,7 +486,7 @@ export class CallboardSocket {
 }
 
 function formatClockTime(ms) {
-  return new Date(ms).toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false });
+  return new Date(ms).toLocaleTimeString(LOCALE, { hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false });
 }
 
 /** Same-origin /ws with ws: or wss: following the page. */
@@ -476,24 +499,27 @@ export function socketUrl() {
 export function statusText(status) {
   switch (status.state) {
     case "connecting":
-      return "Connecting\u2026";
+      return t("Connecting\u2026");
     case "open":
-      return "Connected \u2014 loading\u2026";
+      return t("Connected \u2014 loading\u2026");
     case "reconnecting": {
       const why =
         status.code === 1012
-          ? "server restarting"
+          ? t("server restarting")
           : status.code === 4429
-            ? "connection too slow"
-            : "connection lost";
+            ? t("connection too slow")
+            : t("connection lost");
       const seconds = Math.ceil((status.retryInMs || 0) / 1000);
-      const since = status.staleSince ? ` since ${formatClockTime(status.staleSince)}` : "";
-      return `Stale${since} \u2014 ${why}, reconnecting${seconds > 0 ? ` in ${seconds} s` : ""}\u2026`;
+      const since = status.staleSince ? formatClockTime(status.staleSince) : "";
+      if (since && seconds > 0) return t("Stale since {time} \u2014 {why}, reconnecting in {n} s\u2026", { time: since, why, n: seconds });
+      if (since) return t("Stale since {time} \u2014 {why}, reconnecting\u2026", { time: since, why });
+      if (seconds > 0) return t("Stale \u2014 {why}, reconnecting in {n} s\u2026", { why, n: seconds });
+      return t("Stale \u2014 {why}, reconnecting\u2026", { why });
     }
     case "rejected":
-      return "Token rejected \u2014 get a new link";
+      return t("Token rejected \u2014 get a new link");
     case "signin":
-      return "Not connected \u2014 sign in below";
+      return t("Not connected \u2014 sign in below");
     default:
       return "";
   }

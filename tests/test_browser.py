@@ -88,27 +88,28 @@ async def browser() -> AsyncIterator[Any]:
 class Watched:
     """A page whose uncaught errors and console errors are collected; check() fails on unexpected ones."""
 
-    def __init__(self, page: Any, *, allow_ws_refused: bool = False) -> None:
+    def __init__(self, page: Any) -> None:
         self.page = page
-        self.allow_ws_refused = allow_ws_refused
+        self.outage = False  # set while the server is down: refused websockets are expected then, only then
         self.page_errors: list[str] = []
-        self.console_errors: list[tuple[str, str]] = []
+        self.unexpected: list[tuple[str, str]] = []
+        self.expected: list[str] = []
         page.on("pageerror", lambda exc: self.page_errors.append(str(exc)))
         page.on("console", self._console)
 
     def _console(self, msg: Any) -> None:
-        if msg.type == "error":
-            self.console_errors.append((msg.text, (msg.location or {}).get("url", "")))
-
-    def _expected(self, text: str, url: str) -> bool:
-        if text.startswith(VOICE_TOKEN_503[0]) and url.endswith(VOICE_TOKEN_503[1]):
-            return True
-        return self.allow_ws_refused and bool(WS_REFUSED.search(text))
+        if msg.type != "error":
+            return
+        text, url = msg.text, (msg.location or {}).get("url", "")
+        voice_503 = text.startswith(VOICE_TOKEN_503[0]) and url.endswith(VOICE_TOKEN_503[1])
+        if voice_503 or (self.outage and WS_REFUSED.search(text)):
+            self.expected.append(text)
+        else:
+            self.unexpected.append((text, url))
 
     def check(self) -> None:
         assert self.page_errors == [], f"uncaught page errors: {self.page_errors}"
-        unexpected = [e for e in self.console_errors if not self._expected(*e)]
-        assert unexpected == [], f"unexpected console errors: {unexpected}"
+        assert self.unexpected == [], f"unexpected console errors: {self.unexpected}"
 
     async def shot(self, name: str, path: Path | None = None) -> Path:
         target = path or ARTIFACTS / f"{name}.png"
@@ -117,10 +118,10 @@ class Watched:
         return target
 
 
-async def open_page(browser: Any, url: str, **kw: Any) -> Watched:
+async def open_page(browser: Any, url: str) -> Watched:
     context = await browser.new_context(viewport=VIEWPORT, device_scale_factor=1)
     page = await context.new_page()
-    watched = Watched(page, **kw)
+    watched = Watched(page)
     await page.goto(url)
     return watched
 
@@ -355,6 +356,7 @@ async def test_wallboard_goes_stale_when_the_server_stops_and_recovers_without_a
     base = f"http://127.0.0.1:{port}"
 
     async def start() -> web.AppRunner:
+        """One instance on the fixed port, on the shared test Redis (not a TestServer: it must stop and come back)."""
         app = build_app(config, settings, Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=2),
                         close_redis=True)
         runner = web.AppRunner(app, shutdown_timeout=2)
@@ -363,16 +365,19 @@ async def test_wallboard_goes_stale_when_the_server_stops_and_recovers_without_a
         return runner
 
     runner = await start()
+    sockets: list[Any] = []
     try:
-        w = await open_page(browser, f"{base}/wallboard#token={token('wall-1', 'wallboard')}", allow_ws_refused=True)
+        w = await open_page(browser, f"{base}/wallboard#token={token('wall-1', 'wallboard')}")
         page = w.page
         await wait_js(page, JS_LIVE)
         assert await page.locator(".agent[data-agent]").count() == 12
         async with http(base) as client:
             await set_state(client, "erin", "away", "training")
         await wait_js(page, JS_ATTR_IS, [tid("agent-erin"), "data-state", "away"])
+        await page.evaluate("() => { window.__sameDocument = true; }")  # gone if the page ever reloads
 
-        # the server goes away: 1012 on the open socket, then refused reconnects
+        # the server goes away: 1012 on the open socket (graceful drain), then refused reconnects
+        w.outage = True
         stopped = time.perf_counter()
         await runner.cleanup()
         await wait_js(page, "() => document.body.classList.contains('stale')"
@@ -380,12 +385,15 @@ async def test_wallboard_goes_stale_when_the_server_stops_and_recovers_without_a
         _record("outage: server stop -> stale banner", time.perf_counter() - stopped)
         banner = page.locator(tid("stale-banner"))
         assert await banner.is_visible()
-        assert "Stale since" in await text_of(page, "stale-text")
-        # what is on screen is kept (dimmed), not blanked
-        assert await page.locator(".agent[data-agent]").count() == 12
+        text = await text_of(page, "stale-text")
+        assert text.startswith("Stale since ") and "reconnecting" in text, text
+        assert await page.locator(".agent[data-agent]").count() == 12  # the last picture is kept, not blanked
+        await page.wait_for_timeout(400)  # the greying fades in over 0.3 s
+        assert float(await page.eval_on_selector("#board", "e => getComputedStyle(e).opacity")) < 0.5
         await w.shot("wallboard-stale")
         await asyncio.sleep(0.6)  # a refused reconnect or two, keeping the backoff window small
         assert await page.evaluate("() => document.body.classList.contains('stale')")
+        assert await banner.is_visible()
 
         # a new instance on the same port and the same Redis; the page reconnects by itself
         runner = await start()
@@ -394,48 +402,86 @@ async def test_wallboard_goes_stale_when_the_server_stops_and_recovers_without_a
             await set_state(client, "erin", "available")  # while the page is still disconnected
             await wait_js(page, JS_LIVE, timeout_s=15)
             _record("outage: server back -> banner gone", time.perf_counter() - restarted)
+            w.outage = False
             assert await banner.is_hidden()
+            assert await page.evaluate("() => window.__sameDocument === true"), "the page reloaded"
             assert await page.get_attribute(tid("agent-erin"), "data-state") == "available"  # from the new snapshot
-            # and the numbers are live again: deltas flow on the new connection
-            await timed("outage: supervisor POST after recovery -> card", lambda: set_state(client, "frank", "away", "break"),
+            # the numbers are live again: deltas flow on the new connection
+            await timed("outage: supervisor POST after recovery -> card",
+                        lambda: set_state(client, "frank", "away", "break"),
                         page, JS_ATTR_IS, [tid("agent-frank"), "data-state", "away"])
-            twilio = FakeTwilio(client, TWILIO_TOKEN)
-            await agents_sign_in_raw(base, "grace")
-            await timed("outage: incoming after recovery -> waiting", Caller(twilio, 7, "sales").dial, page,
-                        JS_TEXT_IS, [tid("queue-sales-waiting"), "1"])
+            sockets.append(await sign_in_raw(client, "grace"))
+            await timed("outage: incoming after recovery -> waiting", Caller(FakeTwilio(client, TWILIO_TOKEN), 7, "sales").dial,
+                        page, JS_TEXT_IS, [tid("queue-sales-waiting"), "1"])
         await w.shot("wallboard-recovered")
-        assert await page.evaluate("() => performance.getEntriesByType('navigation').length") == 1  # no reload
         w.check()
     finally:
-        await _close_raw_clients()
+        for conn in sockets:
+            with contextlib.suppress(Exception):
+                await conn.close()
         await runner.cleanup()
 
 
-_RAW_CLIENTS: list[Any] = []
-
-
-async def agents_sign_in_raw(base: str, agent: str) -> None:
-    """Sign an agent in on a server that is not a TestServer (the outage test's own runner)."""
+async def sign_in_raw(client: Http, agent: str) -> Any:
+    """Sign an agent in on a server that is not a TestServer; returns once the instance counts it signed in."""
     import websockets
 
-    conn = await websockets.connect(base.replace("http", "ws") + "/ws", subprotocols=["callboard.v1.json"])
+    conn = await websockets.connect(client.base.replace("http", "ws", 1) + "/ws", subprotocols=["callboard.v1.json"])
     await conn.send(json.dumps({"type": "hello", "token": token(agent, "agent")}))
     while json.loads(await asyncio.wait_for(conn.recv(), 5))["type"] != "snapshot":
         pass
-    _RAW_CLIENTS.append(conn)
-    for _ in range(100):  # the incoming webhook reads the mirror: wait until the connect has reached it
-        async with aiohttp.ClientSession() as session:
-            resp = await session.get(f"{base}/api/snapshot", headers={"Authorization": f"Bearer {token('w', 'wallboard')}"})
-            if (await resp.json())["agents"][agent]["state"] != "offline":
-                return
+    wall = {"Authorization": f"Bearer {token('wall-1', 'wallboard')}"}
+    for _ in range(250):  # the incoming webhook reads the instance's mirror: wait until the connect reached it
+        resp = await client.session.get(f"{client.base}/api/snapshot", headers=wall)
+        if (await resp.json())["agents"][agent]["state"] != "offline":
+            return conn
         await asyncio.sleep(0.02)
     raise AssertionError(f"{agent} never signed in")
 
 
-async def _close_raw_clients() -> None:
-    while _RAW_CLIENTS:
-        with contextlib.suppress(Exception):
-            await _RAW_CLIENTS.pop().close()
+async def test_wallboard_url_options_and_a_rejected_token(browser: Any, make_instance: Any, agents: Agents) -> None:
+    server = await make_instance(demo_config())
+    await agents.sign_in(server, "grace", "judy")
+    base = base_url(server)
+    w = await open_page(browser, f"{base}/wallboard?queues=sales&offline=hide&group=none&sort=state"
+                                 f"#token={token('wall-1', 'wallboard')}")
+    page = w.page
+    await wait_js(page, JS_LIVE)
+    # one queue, and only the agents who serve it, in one group, available first; offline cards hidden
+    assert await page.locator("article.queue").count() == 1 and await page.locator(tid("queue-sales")).count() == 1
+    assert await page.locator(tid("team-all")).count() == 1 and await page.locator(".team").count() == 1
+    cards = page.locator(".agent[data-agent]")
+    # (heidi is 佐藤 花子 in the demo center: a Latin name sorts before a Japanese one)
+    assert [await cards.nth(i).get_attribute("data-agent") for i in range(await cards.count())] == \
+        ["grace", "judy", "ivan", "heidi"]
+    assert await page.locator(tid("agent-grace")).is_visible() and await page.locator(tid("agent-heidi")).is_hidden()
+    assert await page.get_attribute(tid("offline-toggle"), "aria-pressed") == "true"
+    assert await page.input_value(tid("sort-select")) == "state"
+    # the theme toggle switches and is remembered in the query string (never the token)
+    assert await page.evaluate("() => document.documentElement.dataset.theme") == "dark"
+    await page.click(tid("theme-toggle"))
+    assert await page.evaluate("() => document.documentElement.dataset.theme") == "light"
+    assert "theme=light" in page.url and "token" not in page.url
+    await w.shot("wallboard-options")
+    w.check()
+
+    k = await open_page(browser, f"{base}/wallboard?kiosk=1&theme=light#token={token('wall-1', 'wallboard')}")
+    await wait_js(k.page, JS_LIVE)
+    assert await k.page.locator(tid("header")).is_hidden()  # kiosk: data only
+    assert await k.page.evaluate("() => document.documentElement.dataset.theme") == "light"
+    assert await k.page.locator("article.queue").count() == 3
+    k.check()
+
+    r = await open_page(browser, f"{base}/wallboard#token=not-a-token")
+    await wait_js(r.page, JS_ATTR_IS, ["#stale-banner", "data-state", "rejected"])
+    assert await r.page.locator(tid("token-form")).is_visible()
+    assert await text_of(r.page, "stale-text") == "Token rejected \u2014 get a new link"
+    await r.page.fill(tid("token-input"), token("wall-1", "wallboard"))  # a fresh token, pasted: live again
+    await r.page.click(tid("token-submit"))
+    await wait_js(r.page, JS_LIVE)
+    assert await r.page.locator(tid("token-form")).count() == 0
+    await r.shot("wallboard-token-pasted")
+    r.check()
 
 
 # -- the agent console ----------------------------------------------------------------------------------------
@@ -475,6 +521,7 @@ async def test_agent_console_badge_buttons_and_screen_pop(browser: Any, make_ins
         call = Caller(FakeTwilio(client, TWILIO_TOKEN), 42, "support")
         await call.dial()
         await wait_js(page, JS_TEXT_IS, [tid("myqueue-support-waiting"), "1"])
+        assert await text_of(page, "pop-from") == ""
         await timed("agent: bridge webhook -> pop", lambda: call.answer("alice", 3), page,
                     JS_TEXT_IS, [tid("pop-from"), call.caller])
         await wait_js(page, JS_TEXT_IS, [tid("my-state"), "On call"])
@@ -518,8 +565,11 @@ class SteppingClock(Clock):
 
 def _screenshot_config() -> Config:
     config = demo_config()
+    # "today" must hold the whole played hour, even just after midnight UTC
+    reset_time = "22:00" if time.gmtime().tm_hour < 1 else "00:00"
     # Leases far longer than the jumps of the stepping clock, so the instance never reaps its own sockets.
-    return dataclasses.replace(config, server=dataclasses.replace(config.server, lease_ttl_s=86_400.0))
+    return dataclasses.replace(config, center=dataclasses.replace(config.center, reset_time=reset_time),
+                               server=dataclasses.replace(config.server, lease_ttl_s=86_400.0))
 
 
 @pytest.mark.skipif(not os.environ.get("CALLBOARD_SCREENSHOTS"),
@@ -605,6 +655,16 @@ async def test_screenshots_for_the_docs(browser: Any, make_instance: Any, agents
     await w.page.wait_for_timeout(300)
     shots.append(await w.shot("agent", DOCS_SCREENSHOTS / "agent.png"))
     await w.shot("docs-agent")
+    w.check()
+
+    # the same board while its server is gone
+    w = await open_page(browser, f"{base_url(server)}/wallboard#token={wall}")
+    await wait_js(w.page, JS_LIVE)
+    w.outage = True
+    await server.close()
+    await wait_js(w.page, JS_ATTR_IS, ["#stale-banner", "data-state", "reconnecting"])
+    await w.page.wait_for_timeout(400)
+    shots.append(await w.shot("wallboard-stale", DOCS_SCREENSHOTS / "wallboard-stale.png"))
     w.check()
     for path in shots:
         assert path.stat().st_size < 300_000, (path, path.stat().st_size)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from importlib import resources
 from typing import Any
 
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from callboard.assets import read_page, static_dir
 from callboard.auth import Claims, TokenError, verify_token
 from callboard.services import SERVICES, Services
 from presence.rules import SET, Intent, validate_set
@@ -62,7 +62,10 @@ async def index(request: web.Request) -> web.StreamResponse:
 
 def _page(name: str) -> Any:
     async def handler(request: web.Request) -> web.StreamResponse:
-        html = resources.files("static").joinpath(name).read_text(encoding="utf-8")
+        html = read_page(name)
+        language = _services(request).config.center.ui_language
+        if language:  # the pages' fallback language, read before the first paint (validated as a BCP 47 tag)
+            html = html.replace("<html ", f'<html data-ui-language="{language}" ', 1)
         # The token travels in the fragment and never reaches us; no-store keeps pages fresh after upgrades.
         return web.Response(text=html, content_type="text/html", headers={"Cache-Control": "no-store"})
 
@@ -146,12 +149,11 @@ async def readyz(request: web.Request) -> web.StreamResponse:
 def routes() -> list[web.AbstractRouteDef]:
     from wallboard.ws import websocket_handler
 
-    static_dir = resources.files("static")
     return [
         web.get("/", index),
         web.get("/wallboard", _page("wallboard.html")),
         web.get("/agent", _page("agent.html")),
-        web.static("/static", str(static_dir)),
+        web.static("/static", str(static_dir())),
         web.get("/ws", websocket_handler),
         web.get("/api/snapshot", snapshot),
         web.post("/api/agents/{agent_id}/state", set_state),

@@ -107,6 +107,7 @@ class Mirror:
             "sl_target": t.sl_target, "sl_warning": t.sl_warning,
             "waiting_warning": t.waiting_warning, "waiting_critical": t.waiting_critical,
             "wait_warning_s": t.wait_warning_s, "wait_critical_s": t.wait_critical_s,
+            "abandon_warning": t.abandon_warning, "abandon_critical": t.abandon_critical,
         }
         return entry
 
