@@ -120,7 +120,7 @@ async def test_pop_panel_pick_one_of_two_customers_and_add_a_note(browser: Any, 
     await page.click(tid("cust-save"))
     await wait_js(page, JS_TEXT_IS, [tid("cust-memo"), "平日午前は不在。夕方なら可。"])
     # the browser logs the refused save (400) itself; nothing else may have gone wrong
-    w.console_errors = [e for e in w.console_errors if not ("status of 400" in e[0] and "/api/customers/" in e[1])]
+    w.unexpected = [e for e in w.unexpected if not ("status of 400" in e[0] and "/api/customers/" in e[1])]
     w.check()
 
 
@@ -227,5 +227,5 @@ async def test_an_agent_token_on_the_supervisor_page_is_refused_with_a_reason(br
     await wait_js(page, "() => !!document.querySelector('[data-testid=\"cust-no-results\"]')")  # agents may search
     await page.click(tid("cust-export"))
     await wait_js(page, "() => document.querySelector('[data-testid=\"cust-error\"]')?.textContent.includes('needs supervisor')")
-    w.console_errors.clear()  # the browser logs the refused request (403) itself
+    w.unexpected.clear()  # the browser logs the refused request (403) itself
     w.check()
