@@ -27,6 +27,7 @@ from wallboard.follower import Follower
 from wallboard.hub import Hub
 from wallboard.metrics import Metrics
 from wallboard.mirror import Mirror
+from wallboard.runtime import LoopWatch
 from wallboard.shared_gauges import shared_state_collector
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,7 @@ def build_app(config: Config, settings: Settings, redis: Redis, *, clock: Clock 
         s.start(s.hub.run_queue_ticker(), "queue-ticker")
         s.start(s.callflow.run_spool(), "callflow-spool")
         s.start(_pending_gauge(s), "pending-gauge")
+        s.start(LoopWatch(s.metrics).run(), "loop-watch")
         try:
             await asyncio.wait_for(s.follower.caught_up.wait(), timeout=5.0)
             s.hub.reset_published()

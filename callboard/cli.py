@@ -187,6 +187,9 @@ async def _serve(args: argparse.Namespace, *, demo: bool) -> int:
         await runner.setup()
         site = web.TCPSite(runner, settings.host, settings.port)
         await site.start()
+        from wallboard.runtime import tune_collector
+
+        tune_collector()  # start-up's heap is frozen out of the collector's scans (see wallboard/runtime.py)
         base = f"http://{_client_host(settings.host)}:{settings.port}"
         log.info("serving on %s (wallboard %s/wallboard, metrics %s/metrics)", base, base, base)
         sim_task = None
