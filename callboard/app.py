@@ -19,7 +19,7 @@ from callflow.live import QueueStatsMirror
 from callflow.lua import CALL_HANDLED_HOOK
 from callflow.windows import day_key
 from presence.batcher import Batcher
-from presence.liveness import Liveness
+from presence.liveness import Liveness, dedicated_client
 from presence.rules import Settings as RuleSettings
 from presence.store import PresenceStore
 from wallboard import api
@@ -58,7 +58,8 @@ def build_services(config: Config, settings: Settings, redis: Redis, *, clock: C
 
     batcher = Batcher(presence, clock, max_ops_per_s=server.redis_max_ops_per_s, on_flush=on_flush, on_error=redis_error)
     liveness = Liveness(presence, clock, renew_s=server.lease_renew_s, ttl_s=server.lease_ttl_s,
-                        sweep_every_s=server.sweep_every_s, instance_id=instance_id, on_redis_error=redis_error)
+                        sweep_every_s=server.sweep_every_s, instance_id=instance_id, on_redis_error=redis_error,
+                        lease_redis=dedicated_client(redis))
     mirror = Mirror(config, QueueStatsMirror(config, clock))
     hub = Hub(mirror, clock, tick_ms=server.tick_ms)
     follower = Follower(redis, presence, mirror, hub, clock, on_redis_error=redis_error)
@@ -104,6 +105,7 @@ def build_app(config: Config, settings: Settings, redis: Redis, *, clock: Clock 
         await s.drain()
         await s.stop_tasks()
         await s.batcher.stop()
+        await s.liveness.aclose()
         if close_redis:
             await s.redis.aclose()
 
