@@ -62,6 +62,7 @@ def build_services(config: Config, settings: Settings, redis: Redis, *, clock: C
                         lease_redis=dedicated_client(redis))
     mirror = Mirror(config, QueueStatsMirror(config, clock))
     hub = Hub(mirror, clock, tick_ms=server.tick_ms)
+    hub.on_sent = metrics.ws_messages_sent.inc
     follower = Follower(redis, presence, mirror, hub, clock, on_redis_error=redis_error)
     callflow = CallFlow(config=config, redis=redis, presence=presence, clock=clock,
                         auth_token=settings.twilio_auth_token, public_url=settings.public_url,
