@@ -114,7 +114,9 @@ def _csv(value: str | None) -> list[str] | None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    return asyncio.run(_serve(args, demo=False))
+    from wallboard.runtime import run_loop
+
+    return run_loop(_serve(args, demo=False))
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -185,7 +187,9 @@ async def _serve(args: argparse.Namespace, *, demo: bool) -> int:
         loop.add_signal_handler(sig, stop.set)
     try:
         await runner.setup()
-        site = web.TCPSite(runner, settings.host, settings.port)
+        from wallboard.const import LISTEN_BACKLOG
+
+        site = web.TCPSite(runner, settings.host, settings.port, backlog=LISTEN_BACKLOG)
         await site.start()
         from wallboard.runtime import tune_collector
 

@@ -35,6 +35,12 @@ CLOSE_GRACE_S = 1.0
 # The fan-out tick: deltas are batched per 100 ms (configurable), but an idle hub sends at once.
 DEFAULT_TICK_MS = 100
 
+# The listening socket's accept queue. aiohttp's default (128) overflowed in a connect storm: the kernel
+# dropped the SYNs beyond it and clients retried after TCP's 1 s, 3 s, 7 s timeouts, so 2,000 sockets took
+# 8-15 s to connect with the server mostly idle (TcpExtListenOverflows counted the drops). The kernel caps
+# this at net.core.somaxconn (4096 on current Linux).
+LISTEN_BACKLOG = 4096
+
 JSON_PROTOCOL = "callboard.v1.json"
 MSGPACK_PROTOCOL = "callboard.v1.msgpack"
 
