@@ -31,7 +31,7 @@ def add_fanout_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--client", choices=("light", "aiohttp"), default="light",
                    help="light: bench/light_client.py, one process reading every socket from its first byte "
                         "(default); aiohttp: the older multi-process aiohttp fleet of bench/harness.py")
-    p.add_argument("--tick-ms", type=int, default=100, help="the server's [server] tick_ms")
+    p.add_argument("--tick-ms", type=int, default=25, help="the server's [server] tick_ms (default 25, the server's)")
     p.add_argument("--smoke", action="store_true", help="300 clients, 100 changes/s, 3 s")
 
 
@@ -44,7 +44,7 @@ def load_of(args: argparse.Namespace) -> dict[str, object]:
     return {"clients": args.clients, "walls": args.walls, "agents": args.clients - args.walls,
             "changes_per_s": args.rate, "duration_s": args.duration, "client_processes": args.processes,
             "team_size": args.team_size, "queues": args.queues, "smoke": args.smoke,
-            "client": getattr(args, "client", "aiohttp"), "tick_ms": getattr(args, "tick_ms", 100),
+            "client": getattr(args, "client", "aiohttp"), "tick_ms": getattr(args, "tick_ms", 25),
             "nofile": common.raise_nofile(), "machine": common.machine()}
 
 
