@@ -28,6 +28,10 @@ def add_fanout_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--supervisors", type=int, default=4, help="supervisor sockets sending the changes")
     p.add_argument("--team-size", type=int, default=25)
     p.add_argument("--queues", type=int, default=100)
+    p.add_argument("--client", choices=("light", "aiohttp"), default="light",
+                   help="light: bench/light_client.py, one process reading every socket from its first byte "
+                        "(default); aiohttp: the older multi-process aiohttp fleet of bench/harness.py")
+    p.add_argument("--tick-ms", type=int, default=25, help="the server's [server] tick_ms (default 25, the server's)")
     p.add_argument("--smoke", action="store_true", help="300 clients, 100 changes/s, 3 s")
 
 
@@ -40,6 +44,7 @@ def load_of(args: argparse.Namespace) -> dict[str, object]:
     return {"clients": args.clients, "walls": args.walls, "agents": args.clients - args.walls,
             "changes_per_s": args.rate, "duration_s": args.duration, "client_processes": args.processes,
             "team_size": args.team_size, "queues": args.queues, "smoke": args.smoke,
+            "client": getattr(args, "client", "aiohttp"), "tick_ms": getattr(args, "tick_ms", 25),
             "nofile": common.raise_nofile(), "machine": common.machine()}
 
 
@@ -59,10 +64,15 @@ def main() -> int:
     specs, sups, agent_ids = harness.fanout_specs("callboard", args.clients, args.walls, args.team_size,
                                                   args.queues, args.supervisors)
     with common.workdir("cb-bench-fanout-") as wd:
-        cfg = common.write_config(wd, agents=len(agent_ids), queues=args.queues, team_size=args.team_size)
+        cfg = common.write_config(wd, agents=len(agent_ids), queues=args.queues, team_size=args.team_size,
+                                  tick_ms=args.tick_ms)
         with common.callboard_server(cfg, wd) as server:
-            fig = harness.run_fanout("callboard", server, specs, sups, agent_ids, rate_per_s=args.rate,
-                                     duration_s=args.duration, processes=args.processes)
+            if args.client == "light":
+                fig = harness.run_fanout_light(server, specs, sups, agent_ids, rate_per_s=args.rate,
+                                               duration_s=args.duration)
+            else:
+                fig = harness.run_fanout("callboard", server, specs, sups, agent_ids, rate_per_s=args.rate,
+                                         duration_s=args.duration, processes=args.processes)
     fig = with_delivery(fig, args.walls)
     p99 = fig["wallboard_latency"]["p99_ms"]  # type: ignore[index]
     per_conn = fig["server"]["rss_per_idle_conn_kib"]  # type: ignore[index]

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import multiprocessing as mp
+import os
 import queue as queue_mod
 import time
 from dataclasses import dataclass
@@ -391,4 +392,79 @@ def run_fanout(protocol: str, server: common.ServerProcess, specs: list[ClientSp
                          "rss_per_idle_conn_kib": round((rss_idle - rss0) / connected / 1024, 2)},
         "client_messages": got["messages"], "server_closes": got["closed_early"], "close_codes": got["close_codes"],
         "reconnects": got["reconnects"], "client_errors": got["errors"],
+    }
+
+
+# -- the light client (bench/light_client.py): one process, every socket read from the moment it opens ------
+
+
+def _stall_figures(metrics_text: str) -> dict[str, float]:
+    """Counts of the loop-stall histogram and the collector's time, from one /metrics scrape."""
+    def sample(name: str) -> float:
+        for line in metrics_text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        return 0.0
+
+    gc_s = sum(float(line.rsplit(" ", 1)[1]) for line in metrics_text.splitlines()
+               if line.startswith("callboard_gc_pause_seconds_sum"))
+    return {"probes": sample("callboard_event_loop_stall_seconds_count"),
+            "le_50ms": sample('callboard_event_loop_stall_seconds_bucket{le="0.05"}'),
+            "max_60s": sample("callboard_event_loop_stall_max_seconds"), "gc_s": gc_s}
+
+
+def run_fanout_light(server: common.ServerProcess, specs: list[ClientSpec], sups: list[ClientSpec],
+                     agent_ids: list[str], *, rate_per_s: float, duration_s: float) -> dict[str, Any]:
+    """Like run_fanout, with bench/light_client.py as the listening clients (one process)."""
+    import subprocess
+    import sys
+
+    base_ws = "ws" + server.base[4:]
+    time.sleep(1.0)
+    rss0 = common.ProcSampler(server.pid).rss()
+    load_before = os.getloadavg()
+    client = subprocess.Popen([sys.executable, str(common.ROOT / "bench" / "light_client.py")],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, preexec_fn=common.raise_nofile)
+    assert client.stdin is not None and client.stdout is not None
+    spec = {"host": "127.0.0.1", "port": server.port, "concurrency": 200,
+            "clients": [[s.kind, s.id, s.token] for s in specs]}
+    connect_sampler = common.ProcSampler(server.pid)
+    client.stdin.write(json.dumps(spec) + "\n")
+    client.stdin.flush()
+    connected = json.loads(client.stdout.readline())
+    server_connect = connect_sampler.result()
+    time.sleep(3.0)  # let connect-time changes settle before the idle reading
+    rss_idle = common.ProcSampler(server.pid).rss()
+    stalls0 = _stall_figures(server.get("/metrics").decode())
+    sampler = common.ProcSampler(server.pid)
+    try:
+        driver = asyncio.run(drive_changes("callboard", base_ws, sups, agent_ids, rate_per_s, duration_s))
+    finally:
+        sampler.sample()
+        cpu = sampler.result()
+        stalls1 = _stall_figures(server.get("/metrics").decode())
+        client.stdin.write("stop\n")
+        client.stdin.flush()
+        result = json.loads(client.stdout.readline())
+        client.wait(30)
+    probes = stalls1["probes"] - stalls0["probes"]
+    n = max(connected["connected"], 1)
+    return {
+        "client": "light (bench/light_client.py, one process)",
+        "connected": connected["connected"], "connect_failed": connected["failed"],
+        "connect_fail_samples": connected["fail_samples"], "connect_s": connected["connect_s"],
+        "server_cpu_share_connect": server_connect["cpu_share"],
+        "client_cpu_share_connect": connected["client_cpu_share_connect"],
+        "changes": driver,
+        "wallboard_latency": common.latency_ms(v / 1000 for v in result["wall_ms"]),
+        "own_badge_latency": common.latency_ms(v / 1000 for v in result["own_ms"]),
+        "server": cpu | {"rss_before_clients_mib": round(rss0 / 2**20, 1), "rss_idle_mib": round(rss_idle / 2**20, 1),
+                         "rss_per_idle_conn_kib": round((rss_idle - rss0) / n / 1024, 2)},
+        "loop_stalls": {"probes": probes, "over_50ms": probes - (stalls1["le_50ms"] - stalls0["le_50ms"]),
+                        "longest_last_60s_s": stalls1["max_60s"], "gc_pause_s": round(stalls1["gc_s"] - stalls0["gc_s"], 3)},
+        "client_cpu_share": result["client_cpu_share"], "client_messages": result["messages"],
+        "client_bytes": result["bytes"], "pings_answered": result["pings_answered"],
+        "server_closes": result["server_closes"], "close_codes": result["close_codes"],
+        "reconnects": result["reconnects"],
+        "loadavg_before": [round(x, 2) for x in load_before], "loadavg_after": [round(x, 2) for x in os.getloadavg()],
     }

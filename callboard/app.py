@@ -20,7 +20,7 @@ from callflow.lua import CALL_HANDLED_HOOK
 from callflow.windows import day_key
 from customers.app import setup as customers_setup
 from presence.batcher import Batcher
-from presence.liveness import Liveness
+from presence.liveness import Liveness, dedicated_client
 from presence.rules import Settings as RuleSettings
 from presence.store import PresenceStore
 from store import runtime as store_runtime
@@ -30,6 +30,7 @@ from wallboard.follower import Follower
 from wallboard.hub import Hub
 from wallboard.metrics import Metrics
 from wallboard.mirror import Mirror
+from wallboard.runtime import LoopWatch
 from wallboard.shared_gauges import shared_state_collector
 
 log = logging.getLogger(__name__)
@@ -60,9 +61,11 @@ def build_services(config: Config, settings: Settings, redis: Redis, *, clock: C
 
     batcher = Batcher(presence, clock, max_ops_per_s=server.redis_max_ops_per_s, on_flush=on_flush, on_error=redis_error)
     liveness = Liveness(presence, clock, renew_s=server.lease_renew_s, ttl_s=server.lease_ttl_s,
-                        sweep_every_s=server.sweep_every_s, instance_id=instance_id, on_redis_error=redis_error)
+                        sweep_every_s=server.sweep_every_s, instance_id=instance_id, on_redis_error=redis_error,
+                        lease_redis=dedicated_client(redis))
     mirror = Mirror(config, QueueStatsMirror(config, clock))
     hub = Hub(mirror, clock, tick_ms=server.tick_ms)
+    hub.on_sent = metrics.ws_messages_sent.inc
     follower = Follower(redis, presence, mirror, hub, clock, on_redis_error=redis_error)
     callflow = CallFlow(config=config, redis=redis, presence=presence, clock=clock,
                         auth_token=settings.twilio_auth_token, public_url=settings.public_url,
@@ -102,6 +105,7 @@ def build_app(config: Config, settings: Settings, redis: Redis, *, clock: Clock 
         s.start(s.callflow.run_spool(), "callflow-spool")
         s.start(_pending_gauge(s), "pending-gauge")
         await _start_database(s)
+        s.start(LoopWatch(s.metrics).run(), "loop-watch")
         try:
             await asyncio.wait_for(s.follower.caught_up.wait(), timeout=5.0)
             s.hub.reset_published()
@@ -111,6 +115,7 @@ def build_app(config: Config, settings: Settings, redis: Redis, *, clock: Clock 
         await s.drain()
         await s.stop_tasks()
         await s.batcher.stop()
+        await s.liveness.aclose()
         if close_redis:
             await s.redis.aclose()
         if db is None and s.db is not None:

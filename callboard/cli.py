@@ -162,7 +162,9 @@ def _cmd_db(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    return asyncio.run(_serve(args, demo=False))
+    from wallboard.runtime import run_loop
+
+    return run_loop(_serve(args, demo=False))
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -237,7 +239,10 @@ async def _serve(args: argparse.Namespace, *, demo: bool) -> int:
         loop.add_signal_handler(sig, stop.set)
     try:
         await runner.setup()
-        site = web.TCPSite(runner, settings.host, settings.port)
+        from wallboard.const import LISTEN_BACKLOG
+        from wallboard.runtime import tune_collector
+
+        site = web.TCPSite(runner, settings.host, settings.port, backlog=LISTEN_BACKLOG)
         try:
             await site.start()
         except OSError as exc:
@@ -245,6 +250,7 @@ async def _serve(args: argparse.Namespace, *, demo: bool) -> int:
                 raise
             print(f"callboard: {_bind_problem(exc.errno, settings.host, settings.port)}", file=sys.stderr)
             return 2
+        tune_collector()  # start-up's heap is frozen out of the collector's scans (see wallboard/runtime.py)
         base = f"http://{_client_host(settings.host)}:{settings.port}"
         log.info("serving on %s (wallboard %s/wallboard, metrics %s/metrics)", base, base, base)
         sim_task = None

@@ -96,7 +96,7 @@ class Server:
     lease_ttl_s: float = 15.0
     sweep_every_s: float = 1.0
     redis_max_ops_per_s: float | None = None  # None: no budget
-    tick_ms: int = 100
+    tick_ms: int = 25  # the busy hub's coalescing window; an idle hub flushes at once (wallboard/hub.py)
     stream_max_len: int = 100_000
     allowed_origins: tuple[str, ...] = ()  # besides the page's own origin
     voice_sdk_url: str | None = None

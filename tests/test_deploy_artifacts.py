@@ -40,6 +40,8 @@ HISTOGRAMS = {
     "callboard_presence_batch_size",
     "callboard_presence_flush_seconds",
     "callboard_webhook_duration_seconds",
+    "callboard_event_loop_stall_seconds",
+    "callboard_gc_pause_seconds",
 }
 # Gauges of state shared through Redis: every instance reports the same value, so take max() across
 # instances before anything else (summing would multiply them by the number of instances).
@@ -57,6 +59,7 @@ PROCESS_GAUGES = {
     "callboard_spool_depth",
     "callboard_follower_lag_seconds",
     "callboard_build_info",
+    "callboard_event_loop_stall_max_seconds",
 }
 KNOWN_METRICS = COUNTERS | HISTOGRAMS | SHARED_GAUGES | PROCESS_GAUGES
 

@@ -300,7 +300,6 @@ async def _churn(services: Any, agents: list[str], until: Callable[[], bool], li
 async def test_a_4429_close_cuts_the_tcp_connection_within_seconds(make_instance, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """Issue 9.1: the close frame gets about a second; then the transport is aborted, not left ESTABLISHED."""
     monkeypatch.setattr("wallboard.hub.SLOW_CLOSE_S", 1.0)
-    monkeypatch.setattr("wallboard.ws.SLOW_CLOSE_S", 1.0)
     config = big_config(60)
     server = await make_instance(config)
     services = server.app[SERVICES]
@@ -318,7 +317,6 @@ async def test_a_4429_close_cuts_the_tcp_connection_within_seconds(make_instance
 async def test_a_client_that_pings_but_never_reads_is_judged_by_what_it_has_not_taken(make_instance, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """Issue 9.1: the outbox stays short (the kernel takes the frames), yet the client owes ever more bytes."""
     monkeypatch.setattr("wallboard.hub.SLOW_CLOSE_S", 1.0)
-    monkeypatch.setattr("wallboard.ws.SLOW_CLOSE_S", 1.0)
     config = big_config(60)
     server = await make_instance(config)
     services = server.app[SERVICES]

@@ -90,3 +90,77 @@ async def test_a_lost_lease_registers_live_connections_again(redis) -> None:  # 
     assert (rec.state, rec.connections) == (AVAILABLE, 1)
     assert await redis.hget(keys.instance_connections("i1"), "t1") == b"alice"
     assert live.reregistrations == 1
+
+
+async def test_an_instance_whose_renewals_starve_never_reaps_itself(redis, redis_url) -> None:  # type: ignore[no-untyped-def]
+    """Issue 15: a connect storm once dried up the pool, the renewal failed, and the instance reaped its own
+    lease and connections. Renewals that fail (here: the lease connection points at a closed port) must
+    leave the instance's own lease to the others to judge."""
+    from redis.asyncio import Redis
+    from redis.exceptions import RedisError
+
+    clock = FakeClock()
+    dead_end = Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5)  # nothing listens on port 1
+    store = PresenceStore(redis, SETTINGS, day_key=lambda _: "2025-11-21")
+    starved = Liveness(store, clock, renew_s=5, ttl_s=15, instance_id="starved", lease_redis=dead_end)
+    other = _liveness(redis, clock, "other")
+    await store.heartbeat("starved", clock.now_ms() + 15_000)  # its lease as of the last good renewal
+    starved.lease_expires_ms = clock.now_ms() + 15_000
+    await starved.register("s1", "alice")
+    await other.renew()
+    clock.advance(16)  # every renewal since failed: the lease is stale in Redis
+    try:
+        await starved.renew()
+    except (RedisError, OSError):
+        pass
+    else:
+        raise AssertionError("the lease connection should have failed")
+    assert await starved.sweep_once() is None  # it does not sweep on an unconfirmed lease ...
+    assert await redis.zscore(keys.INSTANCES, "starved") is not None  # ... so its lease is still there
+    assert (await store.read_agent("alice")).connections == 1
+    assert starved.sweeps_skipped == 1
+    await other.renew()
+    assert (await other.sweep_once())[:2] == (1, 1)  # another instance, which really saw it gone, reaps it
+    assert await redis.zscore(keys.INSTANCES, "starved") is None
+    await dead_end.aclose()
+
+
+async def test_the_lease_is_renewed_on_its_own_connection_when_the_shared_pool_is_dry(redis_url) -> None:  # type: ignore[no-untyped-def]
+    """A shared pool with every connection taken (a connect storm) does not delay the lease renewal."""
+    import asyncio
+
+    from redis.asyncio import BlockingConnectionPool, Redis
+
+    from presence.liveness import dedicated_client
+
+    shared = Redis(connection_pool=BlockingConnectionPool.from_url(redis_url, max_connections=2, timeout=5))
+    clock = FakeClock()
+    store = PresenceStore(shared, SETTINGS, day_key=lambda _: "2025-11-21")
+    live = Liveness(store, clock, instance_id="busy", lease_redis=dedicated_client(shared))
+    hogs = [asyncio.create_task(shared.blpop(["cb:test:nothing"], timeout=3)) for _ in range(2)]
+    await asyncio.sleep(0.2)  # both shared connections are now blocked
+    await asyncio.wait_for(live.renew(), timeout=1.0)
+    assert live.lease_expires_ms == clock.now_ms() + 15_000
+    for hog in hogs:
+        hog.cancel()
+    await asyncio.gather(*hogs, return_exceptions=True)
+    await live.aclose()
+    await shared.aclose()
+
+
+async def test_a_connect_storm_is_group_committed(redis) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+
+    clock = FakeClock()
+    live = _liveness(redis, clock, "storm")
+    await live.renew()
+    before = live.store.lua_calls
+    agents = [f"a{i}" for i in range(1200)]
+    results = await asyncio.gather(*(live.register(f"c{i}", a) for i, a in enumerate(agents)))
+    assert results == [None] * 1200
+    assert live.store.lua_calls - before <= 5  # 1,200 registrations in a handful of Lua calls, not 1,200
+    records = await live.store.read_agents()
+    assert all(records[a].state == AVAILABLE and records[a].connections == 1 for a in agents)
+    await asyncio.gather(*(live.deregister(f"c{i}") for i in range(1200)))
+    records = await live.store.read_agents()
+    assert all(records[a].connections == 0 for a in agents)

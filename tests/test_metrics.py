@@ -223,7 +223,7 @@ async def test_no_per_call_or_per_agent_label_values(make_instance, aiohttp_clie
     clients, _ = await _activity(server, aiohttp_client, redis)
     text = await scrape(server)
     allowed_names = {"team", "state", "queue", "outcome", "le", "route", "reason", "role", "window", "version",
-                     "instance_id"}
+                     "instance_id", "generation"}
     sid_like = re.compile(r"^(CA|QU|AC|AP)[0-9a-f]{32}$")
     for (name, labels), _ in parse_samples(text).items():
         for key, val in labels:

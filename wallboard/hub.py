@@ -1,34 +1,44 @@
-"""The fan-out hub: topics, per-tick deltas serialized once per topic and encoding, bounded per-client outboxes.
+"""The fan-out hub: topics, deltas serialized and framed once per topic and encoding, direct writes.
 
 Flow: the follower applies change-stream entries to the mirror and calls `notify`. The hub collects what
-changed and, once per tick (an idle hub at once), computes one merge patch per changed agent and queue
-against what it last published, restricts it to each topic, serializes each topic's delta once per
-encoding, and appends the same bytes to every subscriber's outbox. Nothing here awaits a socket: each
-connection's own writer task drains its outbox (see wallboard/ws.py), so one slow screen never delays
-another.
+changed and flushes at once when idle (at the end of the current loop turn), or, while busy, at most once
+per tick: it computes one merge patch per changed agent and queue against what it last published, builds
+the delta of each topic those touch (work proportional to what changed, never to the number of topics),
+serializes and frames it once per encoding, and writes the same bytes to every subscriber's transport.
 
-Backpressure, like python-websockets' broadcast(), is not applied to the hub: a subscriber whose outbox
-grows past SOFT_PENDING has its pending deltas composed into one (latest state wins, nothing is lost since
-a delta carries absolute values), and one still backlogged SLOW_CLOSE_S later is closed with 4429 so it
-reconnects and resnapshots.
+Nothing here awaits a socket and no connection has a writer task: a subscriber whose peer has taken
+everything gets the frame written at once; one whose peer still owes more than WRITE_BUFFER_HIGH bytes
+(asyncio's buffer plus the kernel's unsent bytes) has it queued in its outbox, where pending deltas are
+composed into one (latest state wins, nothing is lost since a delta carries absolute values) — it coalesces
+only while its previous frames are still going. The hub's drain timer writes outboxes as peers catch up and
+closes with 4429 a peer that owes more than WRITE_BUFFER_HIGH and took less than that in SLOW_CLOSE_S (or
+whose outbox stayed over SOFT_PENDING that long). Backpressure, like python-websockets' broadcast(), is
+never applied to the hub itself: one slow screen never delays another.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import logging
+import struct
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import msgpack
 
 from callboard.clock import Clock
 from wallboard import patch
-from wallboard.const import DEFAULT_TICK_MS, SLOW_CLOSE_S, SOFT_PENDING
+from wallboard.const import (
+    DEFAULT_TICK_MS,
+    SLOW_CLOSE_S,
+    SOFT_PENDING,
+    WRITE_BUFFER_HIGH,
+    WRITE_BUFFER_POLL_S,
+)
 from wallboard.mirror import Changes, Mirror
 from wallboard.patch import without_nulls
 
@@ -36,6 +46,8 @@ log = logging.getLogger(__name__)
 
 ENCODINGS = ("json", "msgpack")
 QUEUE_TICK_S = 1.0  # windowed numbers (last_30m, day rollover) move with time even without events
+_SIOCOUTQNSD = 0x894B  # Linux: bytes in a socket's send queue not yet sent (the peer's window is closed)
+_INT = b"\0\0\0\0"
 
 
 def encode(obj: dict[str, Any], encoding: str) -> str | bytes:
@@ -44,49 +56,152 @@ def encode(obj: dict[str, Any], encoding: str) -> str | bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 
 
-@dataclass
+def ws_frame(data: str | bytes) -> bytes:
+    """One unmasked, uncompressed, final websocket frame (RFC 6455 5.2): text for str, binary for bytes."""
+    if isinstance(data, str):
+        payload, first = data.encode(), 0x81
+    else:
+        payload, first = data, 0x82
+    n = len(payload)
+    if n < 126:
+        return bytes((first, n)) + payload
+    if n < 65536:
+        return struct.pack("!BBH", first, 126, n) + payload
+    return struct.pack("!BBQ", first, 127, n) + payload
+
+
+def owed_bytes(transport: Any) -> int:
+    """Bytes handed to this connection that the peer has not taken: asyncio's buffer plus the kernel's unsent."""
+    if transport is None:
+        return 0
+    owed = transport.get_write_buffer_size()
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            owed += struct.unpack("i", fcntl.ioctl(sock.fileno(), _SIOCOUTQNSD, _INT))[0]
+        except (OSError, ValueError):  # not Linux, or already closed: asyncio's part is what we know
+            pass
+    return owed
+
+
 class Outgoing:
-    obj: dict[str, Any]
-    data: str | bytes
+    """One message: its object (for merging a backlog), its encoded form, and its frame (built once)."""
+
+    __slots__ = ("obj", "data", "_frame")
+
+    def __init__(self, obj: dict[str, Any], data: str | bytes) -> None:
+        self.obj = obj
+        self.data = data
+        self._frame: bytes | None = None
+
+    @property
+    def frame(self) -> bytes:
+        if self._frame is None:
+            self._frame = ws_frame(self.data)
+        return self._frame
 
 
 class Subscriber:
-    """One connection's outbox. The hub appends; the connection's writer task drains with `next()`."""
+    """One connection's view of the hub: its topics, and its outbox while its peer is behind.
 
-    def __init__(self, topics: Iterable[str], encoding: str, on_slow: Callable[[], None]) -> None:
+    With a transport, messages are written to it directly (see the module docstring). Without one (unit
+    tests, tools) every message is kept in `outbox` for the caller to read.
+    """
+
+    __slots__ = ("topics", "encoding", "on_slow", "transport", "outbox", "backlogged_since", "closed",
+                 "serializations", "sent", "waiting", "owed_since", "owed_mark", "hub")
+
+    def __init__(self, topics: Iterable[str], encoding: str, on_slow: Callable[[], None], transport: Any = None) -> None:
         self.topics = frozenset(topics)
         self.encoding = encoding
         self.on_slow = on_slow
-        self.outbox: deque[Outgoing] = deque()
-        self.ready = asyncio.Event()
+        self.transport = transport
+        # A deque only while there is something to hold (or without a transport): 760 bytes per connection saved.
+        self.outbox: deque[Outgoing] | tuple[()] = deque() if transport is None else ()
         self.backlogged_since: float | None = None
         self.closed = False
         self.serializations = 0  # per-client re-serializations (only when a backlog is merged)
+        self.sent = 0
+        self.waiting = False  # the peer owes more than WRITE_BUFFER_HIGH: queue, do not write
+        self.owed_since: float | None = None
+        self.owed_mark = 0
+        self.hub: Hub | None = None
 
     def push(self, item: Outgoing) -> None:
         if self.closed:
             return
+        transport = self.transport
+        if transport is not None and not self.waiting and not self.outbox:
+            if transport.is_closing():
+                return
+            transport.write(item.frame)
+            self.sent += 1
+            # The kernel's unsent bytes cost a syscall to read: look every 8th frame, and at once when asyncio
+            # already buffers (the kernel is full). A peer that stops reading is still seen within 8 frames.
+            if (transport.get_write_buffer_size() or not self.sent & 7) and owed_bytes(transport) > WRITE_BUFFER_HIGH:
+                self._start_waiting()
+            return
+        if not isinstance(self.outbox, deque):
+            self.outbox = deque()
         self.outbox.append(item)
-        self.ready.set()
         if len(self.outbox) > SOFT_PENDING:
             self._merge_backlog()
             now = time.monotonic()
             if self.backlogged_since is None:
                 self.backlogged_since = now
             elif now - self.backlogged_since > SLOW_CLOSE_S:
-                self.closed = True
-                self.on_slow()
+                self._judged_slow()
 
     def send_now(self, obj: dict[str, Any]) -> None:
         """A message for this subscriber only (welcome, snapshot, error), serialized for it."""
         self.push(Outgoing(obj, encode(obj, self.encoding)))
 
-    async def next(self) -> Outgoing:
-        while not self.outbox:
-            self.backlogged_since = None
-            self.ready.clear()
-            await self.ready.wait()
-        return self.outbox.popleft()
+    def flush_owed(self) -> None:
+        """Write everything still queued, whatever the peer owes (before a close that explains itself)."""
+        transport, outbox = self.transport, self.outbox
+        while outbox and isinstance(outbox, deque) and transport is not None and not transport.is_closing():
+            transport.write(outbox.popleft().frame)
+            self.sent += 1
+
+    def pump(self, now: float) -> bool:
+        """Called by the hub's drain timer while waiting: write what the peer has room for, judge slowness.
+
+        True when done with this subscriber (caught up, closed, or judged too slow).
+        """
+        transport = self.transport
+        if self.closed or transport is None or transport.is_closing():
+            return True
+        owed = owed_bytes(transport)
+        if owed <= WRITE_BUFFER_HIGH:
+            outbox = self.outbox
+            while outbox and isinstance(outbox, deque) and owed <= WRITE_BUFFER_HIGH:
+                transport.write(outbox.popleft().frame)
+                self.sent += 1
+                owed = owed_bytes(transport)
+            if owed <= WRITE_BUFFER_HIGH:
+                self.waiting = False
+                self.owed_since = self.backlogged_since = None
+                self.outbox = ()
+                return True
+            self.owed_since, self.owed_mark = now, owed
+            return False
+        if self.owed_since is None or owed + WRITE_BUFFER_HIGH <= self.owed_mark:
+            self.owed_since, self.owed_mark = now, owed  # first look, or it took a fair amount: reading
+            return False
+        if now - self.owed_since > SLOW_CLOSE_S:
+            self._judged_slow()
+            return True
+        return False
+
+    def _start_waiting(self) -> None:
+        self.waiting = True
+        if self.hub is not None:
+            self.hub.watch(self)
+
+    def _judged_slow(self) -> None:
+        self.closed = True
+        self.outbox = ()
+        self.on_slow()
 
     def _merge_backlog(self) -> None:
         deltas = [m for m in self.outbox if m.obj.get("type") == "delta"]
@@ -116,8 +231,11 @@ class Hub:
         for a in mirror.config.agents:
             self._team_agents.setdefault(a.team or "", []).append(a.id)
         self._last_flush = 0.0
-        self._scheduled: asyncio.TimerHandle | None = None
-        self.serializations = 0  # topic x encoding serializations: the "once per topic per tick" proof
+        self._scheduled: asyncio.TimerHandle | asyncio.Handle | None = None
+        self._owing: set[Subscriber] = set()  # subscribers whose peer is behind, pumped by the drain timer
+        self._drain_timer: asyncio.TimerHandle | None = None
+        self.on_sent: Callable[[int], None] | None = None  # counts messages written (the metric)
+        self.serializations = 0  # topic x encoding serializations: the "once per topic per flush" proof
         self.flushes = 0
 
     # -- subscriptions -------------------------------------------------------------------------------
@@ -125,12 +243,15 @@ class Hub:
     def subscribe(self, sub: Subscriber) -> dict[str, Any]:
         """Register and return the snapshot for the subscriber's topics (no await between the two)."""
         self.subscribers.add(sub)
+        sub.hub = self
         for topic in sub.topics:
             self._by_topic.setdefault(topic, set()).add(sub)
         return self.snapshot(sub.topics)
 
     def unsubscribe(self, sub: Subscriber) -> None:
         sub.closed = True
+        sub.hub = None
+        self._owing.discard(sub)
         self.subscribers.discard(sub)
         for topic in sub.topics:
             subs = self._by_topic.get(topic)
@@ -176,7 +297,7 @@ class Hub:
         self._published_queues = {q.name: self.mirror.queue_entry(q.name, now_ms) for q in self.mirror.config.queues}
 
     def notify(self, changes: Changes) -> None:
-        """Called by the follower after applying entries; pops go out at once, deltas on the tick."""
+        """Called by the follower after applying entries; pops go out at once, deltas at the next flush."""
         for agent_id, pop in changes.pops:
             self._send_topic(f"agent:{agent_id}", pop)
         if not (changes.agents or changes.queues):
@@ -187,10 +308,12 @@ class Hub:
             return
         loop = asyncio.get_running_loop()
         wait = self._last_flush + self.tick_s - loop.time()
-        self._scheduled = loop.call_later(max(wait, 0.0), self.flush)
+        # Idle (no flush within the last tick): at the end of this loop turn, so that whatever the follower
+        # applies in this turn goes as one delta. Busy: coalesce until a tick after the last flush.
+        self._scheduled = loop.call_later(wait, self.flush) if wait > 0 else loop.call_soon(self.flush)
 
     def flush(self) -> None:
-        """Compute this tick's deltas and hand them to every subscriber. Synchronous: never awaits a socket."""
+        """Compute the pending deltas and write them to every subscriber. Synchronous: never awaits a socket."""
         self._scheduled = None
         self._last_flush = asyncio.get_running_loop().time()
         dirty, self._dirty = self._dirty, Changes()
@@ -216,13 +339,36 @@ class Hub:
         if not (agent_patches or queue_patches):
             return
         self.flushes += 1
-        by_team: dict[str, dict[str, Any]] = {}
+        # The topics these changes touch, each with its part of the delta: proportional to what changed.
+        by_topic = self._by_topic
+        bodies: dict[str, dict[str, Any]] = {}
+        if "all" in by_topic:
+            body: dict[str, Any] = {}
+            if agent_patches:
+                body["agents"] = agent_patches
+            if queue_patches:
+                body["queues"] = queue_patches
+            bodies["all"] = body
+        agents = self.mirror.agents
         for agent_id, d in agent_patches.items():
-            by_team.setdefault(self.mirror.agents[agent_id]["team"], {})[agent_id] = d
-        for topic in list(self._by_topic):
-            body = self._topic_patch(topic, agent_patches, queue_patches, by_team)
-            if body:
-                self._send_topic(topic, {"type": "delta", "server_time_ms": now_ms, **body})
+            team = agents[agent_id]["team"]
+            if team:
+                # An agent's own sessions are subscribed to its team's topic too (messages.topics_for), so the
+                # team delta carries its record: sending the agent topic as well would send it twice.
+                team_topic = f"team:{team}"
+                if team_topic in by_topic:
+                    bodies.setdefault(team_topic, {"agents": {}})["agents"][agent_id] = d
+            elif f"agent:{agent_id}" in by_topic:
+                bodies[f"agent:{agent_id}"] = {"agents": {agent_id: d}}
+        for queue, d in queue_patches.items():
+            topic = f"queue:{queue}"
+            if topic in by_topic:
+                bodies[topic] = {"queues": {queue: d}}
+        written = 0
+        for topic, body in bodies.items():
+            written += self._send_topic(topic, {"type": "delta", "server_time_ms": now_ms, **body}, count=False)
+        if written and self.on_sent is not None:
+            self.on_sent(written)
 
     def tick_queues(self) -> None:
         """Let time-windowed numbers move (called every QUEUE_TICK_S)."""
@@ -235,33 +381,45 @@ class Hub:
             await asyncio.sleep(QUEUE_TICK_S)
             self.tick_queues()
 
-    def _topic_patch(self, topic: str, agents: dict[str, Any], queues: dict[str, Any],
-                     by_team: dict[str, dict[str, Any]]) -> dict[str, Any]:
-        if topic == "all":
-            body: dict[str, Any] = {}
-            if agents:
-                body["agents"] = agents
-            if queues:
-                body["queues"] = queues
-            return body
-        kind, _, name = topic.partition(":")
-        if kind == "agent":
-            return {"agents": {name: agents[name]}} if name in agents else {}
-        if kind == "team":
-            mine = by_team.get(name)
-            return {"agents": mine} if mine else {}
-        if kind == "queue":
-            return {"queues": {name: queues[name]}} if name in queues else {}
-        return {}
+    def send_topic(self, topic: str, obj: dict[str, Any]) -> None:
+        """Send one message to every subscriber of a topic (serialized and framed once per encoding)."""
+        self._send_topic(topic, obj)
 
-    def _send_topic(self, topic: str, obj: dict[str, Any]) -> None:
+    def _send_topic(self, topic: str, obj: dict[str, Any], *, count: bool = True) -> int:
+        """Returns how many subscribers had it written at once (counted in the metric unless count=False)."""
         subs = self._by_topic.get(topic)
         if not subs:
-            return
-        encoded: dict[str, str | bytes] = {}
+            return 0
+        encoded: dict[str, Outgoing] = {}
+        written = 0
         for sub in list(subs):
-            data = encoded.get(sub.encoding)
-            if data is None:
-                data = encoded[sub.encoding] = encode(obj, sub.encoding)
+            item = encoded.get(sub.encoding)
+            if item is None:
+                item = encoded[sub.encoding] = Outgoing(obj, encode(obj, sub.encoding))
                 self.serializations += 1
-            sub.push(Outgoing(obj, data))
+            before = sub.sent
+            sub.push(item)
+            written += sub.sent - before
+        if count and written and self.on_sent is not None:
+            self.on_sent(written)
+        return written
+
+    # -- peers that are behind ------------------------------------------------------------------------
+
+    def watch(self, sub: Subscriber) -> None:
+        """Pump this subscriber from the drain timer until its peer has caught up (or is judged slow)."""
+        self._owing.add(sub)
+        if self._drain_timer is None:
+            self._drain_timer = asyncio.get_running_loop().call_later(WRITE_BUFFER_POLL_S, self._drain)
+
+    def _drain(self) -> None:
+        self._drain_timer = None
+        now = time.monotonic()
+        for sub in list(self._owing):
+            before = sub.sent
+            if sub.pump(now):
+                self._owing.discard(sub)
+            if self.on_sent is not None and sub.sent != before:
+                self.on_sent(sub.sent - before)
+        if self._owing:
+            self._drain_timer = asyncio.get_running_loop().call_later(WRITE_BUFFER_POLL_S, self._drain)

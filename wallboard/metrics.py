@@ -62,6 +62,13 @@ class Metrics:
         self.spool_depth = Gauge("callboard_spool_depth", "Call events held in memory while Redis is away", registry=r)
         self.spool_dropped = Counter("callboard_spool_dropped", "Call events dropped because the spool was full", registry=r)
         self.follower_lag = Gauge("callboard_follower_lag_seconds", "Age of the newest change applied to the mirror", registry=r)
+        self.loop_stall = Histogram("callboard_event_loop_stall_seconds",
+                                    "How late the event loop ran a timer (a stall: collector pause, long step)",
+                                    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0), registry=r)
+        self.loop_stall_max = Gauge("callboard_event_loop_stall_max_seconds",
+                                    "Longest event-loop stall in the last 60 s", registry=r)
+        self.gc_pause = Histogram("callboard_gc_pause_seconds", "Cyclic collector pauses", ["generation"],
+                                  buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0), registry=r)
         self.build_info = Gauge("callboard_build_info", "Build and instance", ["version", "instance_id"], registry=r)
         for q in queue_names:  # label sets known in advance are exported as 0
             self.calls_entered.labels(q)

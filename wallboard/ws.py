@@ -1,10 +1,13 @@
-"""The websocket endpoint: one session per connection, one writer task draining its outbox."""
+"""The websocket endpoint: one session per connection; its handler task is the connection's only task.
+
+Frames to the client are written by the hub, directly to the transport (see wallboard/hub.py); the handler
+reads client messages and turns mistakes into {"type": "error"} in one place.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import secrets
 import socket
@@ -25,38 +28,17 @@ from wallboard.const import (
     CLOSE_GRACE_S,
     CLOSE_NO_HELLO,
     CLOSE_TOO_SLOW,
-    FLUSH_BEFORE_CLOSE_S,
     HEARTBEAT_S,
     HELLO_TIMEOUT_S,
     JSON_PROTOCOL,
     MAX_BAD_MESSAGES,
     MAX_FRAME_BYTES,
     MSGPACK_PROTOCOL,
-    SLOW_CLOSE_S,
-    WRITE_BUFFER_HIGH,
-    WRITE_BUFFER_POLL_S,
 )
 from wallboard.hub import Subscriber
 from wallboard.messages import WireError
 
 log = logging.getLogger(__name__)
-
-_SIOCOUTQNSD = 0x894B  # Linux: bytes in a socket's send queue not yet sent (the peer's window is closed)
-
-
-def owed_bytes(transport: asyncio.Transport | None) -> int:
-    """Bytes handed to this connection that the peer has not taken: asyncio's buffer plus the kernel's unsent."""
-    if transport is None:
-        return 0
-    owed = transport.get_write_buffer_size()
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        try:
-            owed += struct.unpack("i", fcntl.ioctl(sock.fileno(), _SIOCOUTQNSD, b"\0\0\0\0"))[0]
-        except (OSError, ValueError):  # not Linux, or the socket is already closed: asyncio's part is what we know
-            pass
-    return owed
-
 
 def _reset_on_close(transport: asyncio.Transport | None) -> None:
     """Make the socket's close a reset: a peer that reads nothing must not keep our kernel buffers."""
@@ -67,7 +49,9 @@ def _reset_on_close(transport: asyncio.Transport | None) -> None:
 
 
 class Session:
-    """One authenticated websocket: its claims, its outbox and its writer."""
+    """One authenticated websocket: its claims and its subscriber."""
+
+    __slots__ = ("services", "transport", "ws", "claims", "conn_id", "sub", "closer", "closing", "bad_in_a_row")
 
     def __init__(self, services: Services, request: web.Request, ws: web.WebSocketResponse, claims: Any,
                  encoding: str) -> None:
@@ -77,48 +61,18 @@ class Session:
         self.claims = claims
         self.conn_id = f"{services.liveness.instance_id}:{secrets.token_hex(6)}"
         topics = messages.topics_for(claims, services.config)
-        self.sub = Subscriber(topics, encoding, on_slow=self._on_slow)
-        self.writer: asyncio.Task[None] | None = None
+        self.sub = Subscriber(topics, encoding, on_slow=self._on_slow, transport=self.transport)
         self.closer: asyncio.Task[None] | None = None  # held so the close task is not garbage-collected
         self.closing = False
         self.bad_in_a_row = 0
 
-    async def write_loop(self) -> None:
-        metrics = self.services.metrics
-        while True:
-            item = await self.sub.next()
-            if isinstance(item.data, str):
-                await self.ws.send_str(item.data)
-            else:
-                await self.ws.send_bytes(item.data)
-            metrics.ws_messages_sent.inc()
-            if not await self._until_taken():
-                return
-
-    async def _until_taken(self) -> bool:
-        """Hold further frames while the peer owes more than WRITE_BUFFER_HIGH (they merge in the outbox).
-
-        False when the connection is closing or the peer was judged too slow: it took less than
-        WRITE_BUFFER_HIGH bytes in SLOW_CLOSE_S while owing more than that.
-        """
-        transport = self.transport
-        owed = owed_bytes(transport)
-        if owed <= WRITE_BUFFER_HIGH:
-            return True
-        loop = asyncio.get_running_loop()
-        since, mark = loop.time(), owed
-        while owed > WRITE_BUFFER_HIGH:
-            if transport is None or transport.is_closing():
-                return False
-            await asyncio.sleep(WRITE_BUFFER_POLL_S)
-            owed = owed_bytes(transport)
-            if owed + WRITE_BUFFER_HIGH <= mark:  # it took a fair amount: slow maybe, but reading
-                since, mark = loop.time(), owed
-            elif loop.time() - since > SLOW_CLOSE_S:
-                self.sub.closed = True
-                self._on_slow()
-                return False
-        return True
+    def send(self, obj: dict[str, Any]) -> None:
+        """A message for this client only; written at once unless the client is behind."""
+        sub = self.sub
+        before = sub.sent
+        sub.send_now(obj)
+        if sub.sent != before:
+            self.services.metrics.ws_messages_sent.inc(sub.sent - before)
 
     def _on_slow(self) -> None:
         if self.closing:
@@ -130,19 +84,17 @@ class Session:
     async def close(self, code: int, reason: str) -> None:
         """Close without ever waiting long on the peer.
 
-        Messages already owed (the errors that explain a 4400) are written first, for FLUSH_BEFORE_CLOSE_S at
-        most; a slow consumer's are not. The close frame then gets CLOSE_GRACE_S; a 4429 connection is reset
-        after that, whatever the peer does, so it cannot hold the socket open by not reading.
+        Messages already owed (the errors that explain a 4400) are written first; a slow consumer's are
+        not. The close frame then gets CLOSE_GRACE_S; a 4429 connection is reset after that, whatever the
+        peer does, so it cannot hold the socket open by not reading.
         """
         if self.closing:
             return
         self.closing = True
-        if self.writer is not None and self.writer is not asyncio.current_task():
-            self.writer.cancel()
         if code == CLOSE_TOO_SLOW:
             _reset_on_close(self.transport)
         else:
-            await self._flush_owed()
+            self.sub.flush_owed()
         self.sub.closed = True
         try:
             await asyncio.wait_for(self.ws.close(code=code, message=reason.encode()), timeout=CLOSE_GRACE_S)
@@ -152,25 +104,13 @@ class Session:
                                            or self.transport.get_write_buffer_size()):
             self.transport.abort()
 
-    async def _flush_owed(self) -> None:
-        """Write what the outbox still holds for this client, within FLUSH_BEFORE_CLOSE_S."""
-        outbox = self.sub.outbox
-        try:
-            async with asyncio.timeout(FLUSH_BEFORE_CLOSE_S):
-                while outbox:
-                    item = outbox.popleft()
-                    await (self.ws.send_str(item.data) if isinstance(item.data, str) else self.ws.send_bytes(item.data))
-                    self.services.metrics.ws_messages_sent.inc()
-        except (TimeoutError, ConnectionError, RuntimeError):
-            pass
-
     def handle(self, msg: dict[str, Any]) -> None:
         """Act on one client message; raises WireError for the client's mistakes."""
         kind = msg["type"]
         if kind == "set_state":
             self._set_state(msg)
         elif kind == "ping":
-            self.sub.send_now({"type": "pong", "server_time_ms": self.services.clock.now_ms()})
+            self.send({"type": "pong", "server_time_ms": self.services.clock.now_ms()})
         elif kind == "hello":
             raise WireError("already_authenticated", "hello was already received on this connection")
         else:
@@ -199,7 +139,7 @@ class Session:
             return
         code = future.result()
         if code:
-            self.sub.send_now(messages.rejection(code))
+            self.send(messages.rejection(code))
 
 
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
@@ -208,8 +148,10 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         return web.Response(status=403, text="websocket origin not allowed\n")
     if services.draining:
         return web.Response(status=503, text="this instance is restarting; connect again\n")
+    # compress=False: frames are serialized and framed once for every subscriber of a topic (wallboard/hub.py),
+    # which per-connection deflate contexts would undo.
     ws = web.WebSocketResponse(protocols=(JSON_PROTOCOL, MSGPACK_PROTOCOL), heartbeat=HEARTBEAT_S,
-                               max_msg_size=MAX_FRAME_BYTES)
+                               max_msg_size=MAX_FRAME_BYTES, compress=False)
     await ws.prepare(request)
     encoding = "msgpack" if ws.ws_protocol == MSGPACK_PROTOCOL else "json"
     session = await _hello(services, request, ws, encoding)
@@ -218,13 +160,13 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     services.sessions.add(session)
     metrics_gauge = services.metrics.ws_connections.labels(session.claims.role)
     metrics_gauge.inc()
-    snapshot = services.hub.subscribe(session.sub)
-    session.sub.send_now(messages.welcome(session.claims, services.liveness.instance_id))
-    session.sub.send_now(snapshot)
+    # The snapshot is not bound to a name: this frame lives as long as the connection, and a wallboard's
+    # snapshot of a 10,000-agent center is megabytes.
+    session.send(messages.welcome(session.claims, services.liveness.instance_id))
+    session.send(services.hub.subscribe(session.sub))
     is_agent = session.claims.role == "agent"
     if is_agent and (pop := services.mirror.pops.get(session.claims.sub)) is not None:
-        session.sub.send_now(pop)
-    session.writer = asyncio.create_task(session.write_loop())
+        session.send(pop)
     try:
         if is_agent:
             try:
@@ -235,7 +177,6 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         await _read_loop(session)
     finally:
         services.hub.unsubscribe(session.sub)
-        session.writer.cancel()
         services.sessions.discard(session)
         metrics_gauge.dec()
         if is_agent:
@@ -285,14 +226,17 @@ async def _send_then_close(ws: web.WebSocketResponse, encoding: str, obj: dict[s
 
 async def _read_loop(session: Session) -> None:
     ws = session.ws
-    async for msg in ws:
+    while True:
+        msg = await ws.receive()  # not `async for`: one coroutine frame less per idle connection
         if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+            if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+                return
             continue
         try:
             session.handle(messages.decode(msg.data))
             session.bad_in_a_row = 0
         except WireError as exc:
-            session.sub.send_now(messages.error(exc.code, exc.message))
+            session.send(messages.error(exc.code, exc.message))
             if exc.code in ("bad_message", "unknown_type"):
                 session.bad_in_a_row += 1
                 if session.bad_in_a_row >= MAX_BAD_MESSAGES:

@@ -1,0 +1,250 @@
+"""A light websocket load client: one process, raw asyncio protocols, every socket read from the moment it opens.
+
+Why not the aiohttp fleet of harness.py: it reads no socket until all have connected (server pings go
+unanswered and the server drops sockets during a long connect), and its per-message cost (aiohttp frames,
+json.loads of every delta) made the clients, not the server, the limit on a 2-core machine. This client:
+
+- speaks just enough RFC 6455: the upgrade, masked client frames, unmasked server frames, answers pings
+  with pongs at once (from the first byte on), records close codes;
+- measures without decoding: a wallboard finds every `"reason":"bench:<send time>"` in a delta with one
+  regex over the raw bytes; an agent looks for its own record's stamp the same way;
+- reports its own CPU (getrusage) next to the figures, so a reader can see whether the client was the limit.
+
+Run by bench/fanout.py (`--client light`, the default). As a program it reads one JSON spec on stdin
+({"host", "port", "clients": [[kind, id, token], ...], "concurrency"}), prints {"event": "connected", ...}
+once every socket has opened (or failed), waits for a line "stop" on stdin, and prints {"event": "result"}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import re
+import resource
+import struct
+import sys
+import time
+
+PREFIX = b"bench:"
+STAMP = re.compile(rb'"reason":"bench:(\d+\.\d+)"')
+DELTA_HEAD = b'{"type":"delta"'
+RECONNECT_S = 0.5
+
+
+def client_frame(opcode: int, payload: bytes) -> bytes:
+    """A masked client frame (RFC 6455 5.3). The mask is fixed: it protects proxies, not this benchmark."""
+    mask = b"\x11\x22\x33\x44"
+    n = len(payload)
+    if n < 126:
+        header = struct.pack("!BB", 0x80 | opcode, 0x80 | n)
+    elif n < 65536:
+        header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
+    else:
+        header = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
+    return header + mask + bytes(b ^ mask[i & 3] for i, b in enumerate(payload))
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.wall_ms: list[float] = []
+        self.own_ms: list[float] = []
+        self.messages = 0
+        self.bytes = 0
+        self.pings = 0
+        self.closes: dict[str, int] = {}
+        self.reconnects = 0
+
+
+class WsClient(asyncio.Protocol):
+    """One socket: upgrade, hello, then frames; wallboards and agents measure stamped deltas."""
+
+    __slots__ = ("kind", "ident", "token", "stats", "fleet", "transport", "buf", "upgraded", "ready",
+                 "own", "seen", "close_code")
+
+    def __init__(self, fleet: Fleet, kind: str, ident: str, token: str) -> None:
+        self.fleet, self.kind, self.ident, self.token, self.stats = fleet, kind, ident, token, fleet.stats
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.upgraded = False
+        self.ready: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.own = re.compile(rb'"' + ident.encode() + rb'":\{[^{}]*?"reason":"bench:(\d+\.\d+)"') if kind == "agent" else None
+        self.seen: set[bytes] = set()
+        self.close_code: int | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        key = base64.b64encode(os.urandom(16)).decode()
+        host = f"{self.fleet.host}:{self.fleet.port}"
+        self.transport.write((f"GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                              f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                              "Sec-WebSocket-Protocol: callboard.v1.json\r\n\r\n").encode())
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        if not self.upgraded:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            if not buf.startswith(b"HTTP/1.1 101"):
+                self._fail(f"upgrade refused: {bytes(buf[:40])!r}")
+                return
+            del buf[:end + 4]
+            self.upgraded = True
+            self.transport.write(client_frame(0x1, json.dumps({"type": "hello", "token": self.token}).encode()))  # type: ignore[union-attr]
+        while len(buf) >= 2:
+            b1 = buf[1] & 0x7F
+            if b1 < 126:
+                start, n = 2, b1
+            elif b1 == 126:
+                if len(buf) < 4:
+                    return
+                start, n = 4, struct.unpack_from("!H", buf, 2)[0]
+            else:
+                if len(buf) < 10:
+                    return
+                start, n = 10, struct.unpack_from("!Q", buf, 2)[0]
+            if len(buf) < start + n:
+                return
+            opcode = buf[0] & 0x0F
+            payload = bytes(buf[start:start + n])
+            del buf[:start + n]
+            self._frame(opcode, payload)
+
+    def _frame(self, opcode: int, payload: bytes) -> None:
+        stats = self.stats
+        if opcode == 0x1:
+            stats.messages += 1
+            stats.bytes += len(payload)
+            if not self.ready.done():
+                if payload.startswith(b'{"type":"snapshot"'):
+                    self.ready.set_result(True)
+                return
+            if not payload.startswith(DELTA_HEAD):
+                return
+            now = time.time()
+            if self.kind == "wall":
+                for sent in STAMP.findall(payload):
+                    stats.wall_ms.append((now - float(sent)) * 1000)
+            elif self.own is not None:
+                for sent in self.own.findall(payload):
+                    if sent not in self.seen:  # own record comes on the agent and the team topic
+                        self.seen.add(sent)
+                        stats.own_ms.append((now - float(sent)) * 1000)
+        elif opcode == 0x9:
+            stats.pings += 1
+            self.transport.write(client_frame(0xA, payload))  # type: ignore[union-attr]
+        elif opcode == 0x8:
+            self.close_code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
+            self.transport.close()  # type: ignore[union-attr]
+
+    def _fail(self, why: str) -> None:
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionError(why))
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionError(f"closed before the snapshot ({self.close_code}, {exc!r})"))
+            return
+        self.fleet.lost(self)
+
+
+class Fleet:
+    def __init__(self, host: str, port: int, specs: list[list[str]], concurrency: int) -> None:
+        self.host, self.port, self.specs, self.concurrency = host, port, specs, concurrency
+        self.stats = Stats()
+        self.clients: list[WsClient] = []
+        self.failed: list[str] = []
+        self.stopping = False
+
+    async def open(self, kind: str, ident: str, token: str) -> WsClient:
+        loop = asyncio.get_running_loop()
+        _, client = await loop.create_connection(lambda: WsClient(self, kind, ident, token), self.host, self.port)
+        await asyncio.wait_for(client.ready, 60)
+        return client
+
+    async def connect_all(self) -> float:
+        sem = asyncio.Semaphore(self.concurrency)
+
+        async def one(spec: list[str]) -> None:
+            async with sem:
+                for attempt in range(3):
+                    try:
+                        self.clients.append(await self.open(*spec))
+                        return
+                    except (OSError, ConnectionError, TimeoutError) as exc:
+                        if attempt == 2:
+                            self.failed.append(f"{spec[1]}: {exc!r}"[:200])
+                        await asyncio.sleep(0.2 * (attempt + 1))
+
+        t0 = time.monotonic()
+        await asyncio.gather(*(one(s) for s in self.specs))
+        return time.monotonic() - t0
+
+    def lost(self, client: WsClient) -> None:
+        if self.stopping:
+            return
+        code = str(client.close_code)
+        self.stats.closes[code] = self.stats.closes.get(code, 0) + 1
+        asyncio.get_running_loop().create_task(self._reopen(client))
+
+    async def _reopen(self, client: WsClient) -> None:
+        """A socket the server closed is reopened (resnapshot), as a real screen would."""
+        await asyncio.sleep(RECONNECT_S)
+        try:
+            fresh = await self.open(client.kind, client.ident, client.token)
+        except (OSError, ConnectionError, TimeoutError):
+            return
+        self.clients[self.clients.index(client)] = fresh
+        self.stats.reconnects += 1
+
+    def close_all(self) -> None:
+        self.stopping = True
+        for c in self.clients:
+            if c.transport is not None:
+                c.transport.close()
+
+
+def _cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+async def main() -> None:
+    spec = json.loads(sys.stdin.readline())
+    fleet = Fleet(spec["host"], spec["port"], spec["clients"], spec.get("concurrency", 200))
+    loop = asyncio.get_running_loop()
+    cpu0, t0 = _cpu_s(), time.monotonic()
+    connect_s = await fleet.connect_all()
+    cpu1 = _cpu_s()
+    print(json.dumps({"event": "connected", "connected": len(fleet.clients), "failed": len(fleet.failed),
+                      "fail_samples": fleet.failed[:5], "connect_s": round(connect_s, 2),
+                      "client_cpu_share_connect": round((cpu1 - cpu0) / max(connect_s, 1e-6), 3)}), flush=True)
+    t1 = time.monotonic()
+    fleet.stats.wall_ms.clear()
+    fleet.stats.own_ms.clear()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    await reader.readline()  # "stop"
+    cpu2, t2 = _cpu_s(), time.monotonic()
+    fleet.close_all()
+    s = fleet.stats
+    print(json.dumps({"event": "result", "wall_ms": s.wall_ms, "own_ms": s.own_ms, "messages": s.messages,
+                      "bytes": s.bytes, "pings_answered": s.pings, "close_codes": s.closes,
+                      "server_closes": sum(s.closes.values()), "reconnects": s.reconnects,
+                      "client_cpu_share": round((cpu2 - cpu1) / max(t2 - t1, 1e-6), 3),
+                      "client_wall_s": round(t2 - t0, 1)}), flush=True)
+
+
+if __name__ == "__main__":
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(main())

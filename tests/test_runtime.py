@@ -1,0 +1,66 @@
+"""The loop-stall watch and the collector tuning (wallboard/runtime.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import time
+
+from aiohttp import ClientSession
+
+from wallboard.metrics import Metrics
+from wallboard.runtime import GC_THRESHOLDS, STALL_WINDOW_S, LoopWatch, tune_collector
+
+
+def _sample(text: str, name: str) -> float:
+    line = next(line for line in text.splitlines() if line.startswith(name + " "))
+    return float(line.split()[1])
+
+
+async def test_a_blocked_loop_shows_as_a_stall_in_metrics(make_instance) -> None:  # type: ignore[no-untyped-def]
+    server = await make_instance()
+    base = f"http://{server.host}:{server.port}"
+    async with ClientSession() as http:
+        await asyncio.sleep(0.3)  # the watch has run a few quiet ticks
+        quiet = await (await http.get(f"{base}/metrics")).text()
+        assert _sample(quiet, "callboard_event_loop_stall_seconds_count") > 0
+        time.sleep(0.4)  # noqa: ASYNC251 - the point: a synchronous step that stops the loop
+        await asyncio.sleep(0.2)
+        after = await (await http.get(f"{base}/metrics")).text()
+    assert _sample(after, "callboard_event_loop_stall_max_seconds") >= 0.3
+    assert _sample(after, 'callboard_event_loop_stall_seconds_bucket{le="0.25"}') < _sample(
+        after, "callboard_event_loop_stall_seconds_count")
+
+
+def test_the_stall_maximum_forgets_stalls_older_than_its_window() -> None:
+    metrics = Metrics()
+    watch = LoopWatch(metrics)
+    watch.observe(0.8, now=100.0)
+    watch.observe(0.0, now=101.0)
+    assert metrics.loop_stall_max._value.get() == 0.8  # noqa: SLF001
+    watch.observe(0.06, now=100.0 + STALL_WINDOW_S + 1)
+    assert metrics.loop_stall_max._value.get() == 0.06  # noqa: SLF001
+    assert watch.longest_s == 0.8
+
+
+def test_collector_pauses_are_timed_by_generation() -> None:
+    metrics = Metrics()
+    watch = LoopWatch(metrics)
+    gc.callbacks.append(watch._on_gc)  # noqa: SLF001
+    try:
+        gc.collect(2)
+    finally:
+        gc.callbacks.remove(watch._on_gc)  # noqa: SLF001
+    text = metrics.render().decode()
+    assert _sample(text, 'callboard_gc_pause_seconds_count{generation="2"}') >= 1
+
+
+def test_tune_collector_freezes_the_start_up_heap_and_raises_thresholds() -> None:
+    before = gc.get_threshold()
+    try:
+        tune_collector()
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
