@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, literal, select, union, update
+from sqlalchemy import and_, delete, func, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from customers import phones as ph
@@ -128,14 +128,14 @@ async def search(conn: AsyncConnection, query: str, *, region: str, limit: int =
     if text:
         postgres = conn.dialect.name == "postgresql"
         if ph.looks_like_phone(text):
-            # Two indexed lookups, united: the exact number (phones.e164) and its digits anywhere (trigrams).
-            # An OR of the two in one WHERE would make PostgreSQL scan every row.
-            branches = [select(customers.c.id.label("cid"))
-                        .where(customers.c.search_text.like(like_pattern(ph.digits(text)), escape="\\"))]
             e164 = ph.try_normalize(text, region)
             if e164:
-                branches.append(select(customer_phones.c.customer_id.label("cid")).where(customer_phones.c.e164 == e164))
-            stmt = stmt.where(customers.c.id.in_(union(*branches).subquery().select()))
+                # A whole valid number: every stored spelling of it is this E.164, so the phones index answers.
+                stmt = stmt.where(customers.c.id.in_(
+                    select(customer_phones.c.customer_id).where(customer_phones.c.e164 == e164)))
+            else:
+                # Part of a number (the last digits, no area code): its digits anywhere (trigrams on PostgreSQL).
+                stmt = stmt.where(customers.c.search_text.like(like_pattern(ph.digits(text)), escape="\\"))
         else:
             stmt = stmt.where(and_(*(_contains(w, postgres) for w in fold(text).split())))
         # `name || ''`: sort the matches, never walk the name index hoping for early ones — a rare term would
