@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, literal, select, union, update
+from sqlalchemy import and_, column, delete, func, insert, literal, literal_column, select, table, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from customers import phones as ph
@@ -126,18 +126,18 @@ async def search(conn: AsyncConnection, query: str, *, region: str, limit: int =
     text = query.strip()
     stmt = select(*_PUBLIC)
     if text:
-        postgres = conn.dialect.name == "postgresql"
+        dialect = conn.dialect.name
         if ph.looks_like_phone(text):
-            # Two indexed lookups, united: the exact number (phones.e164) and its digits anywhere (trigrams).
-            # An OR of the two in one WHERE would make PostgreSQL scan every row.
-            branches = [select(customers.c.id.label("cid"))
-                        .where(customers.c.search_text.like(like_pattern(ph.digits(text)), escape="\\"))]
             e164 = ph.try_normalize(text, region)
             if e164:
-                branches.append(select(customer_phones.c.customer_id.label("cid")).where(customer_phones.c.e164 == e164))
-            stmt = stmt.where(customers.c.id.in_(union(*branches).subquery().select()))
+                # A whole valid number: every stored spelling of it is this E.164, so the phones index answers.
+                stmt = stmt.where(customers.c.id.in_(
+                    select(customer_phones.c.customer_id).where(customer_phones.c.e164 == e164)))
+            else:
+                # Part of a number (the last digits, no area code): its digits anywhere (trigrams on PostgreSQL).
+                stmt = stmt.where(_contains(ph.digits(text), dialect))
         else:
-            stmt = stmt.where(and_(*(_contains(w, postgres) for w in fold(text).split())))
+            stmt = stmt.where(and_(*(_contains(w, dialect) for w in fold(text).split())))
         # `name || ''`: sort the matches, never walk the name index hoping for early ones — a rare term would
         # visit every row in random order (measured: ~0.7 s at 100,000 customers on SQLite).
         stmt = stmt.order_by(customers.c.name.concat(""), customers.c.id)
@@ -148,12 +148,25 @@ async def search(conn: AsyncConnection, query: str, *, region: str, limit: int =
     return [_customer(r, phones[r.id]) for r in rows]
 
 
-def _contains(word: str, postgres: bool) -> Any:
-    """`word` anywhere in search_text. On PostgreSQL a word under 3 characters has no trigram, and a LIKE would
-    make the planner read the whole trigram index; strpos() makes it a plain scan instead (measured 10x faster)."""
-    if postgres and len(word) < 3:
+_FTS = table("customers_fts", column("rowid"), column("customers_fts"))
+
+
+def _contains(word: str, dialect: str) -> Any:
+    """`word` anywhere in search_text, through the trigram index of the backend where one can help.
+
+    PostgreSQL: LIKE uses the pg_trgm index; a word under 3 characters has no trigram and a LIKE would make
+    the planner read the whole index, so strpos() makes it a plain scan instead (measured 4-6x faster).
+    SQLite: the FTS5 trigram table narrows to candidate rows, and LIKE re-checks each (so the index can only
+    narrow, never add a row). Words under 3 characters scan on both.
+    """
+    like = customers.c.search_text.like(like_pattern(word), escape="\\")
+    if dialect == "postgresql" and len(word) < 3:
         return func.strpos(customers.c.search_text, word) > 0
-    return customers.c.search_text.like(like_pattern(word), escape="\\")
+    if dialect == "sqlite" and len(word) >= 3:
+        phrase = '"' + word.replace('"', '""') + '"'  # an FTS5 string: the word as a substring, no operators
+        candidates = select(_FTS.c.rowid).where(_FTS.c.customers_fts.op("MATCH")(phrase))
+        return and_(literal_column("customers.rowid").in_(candidates), like)
+    return like
 
 
 async def by_phone(conn: AsyncConnection, e164: str, *, notes_limit: int = POP_NOTES) -> list[dict[str, Any]]:
