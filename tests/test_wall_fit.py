@@ -355,3 +355,44 @@ async def assert_no_tofu(page: Any, texts: list[str]) -> None:
         cjk = sum(1 for ch in text if ord(ch) > 0x2E80)
         assert widths["hasGlyphs"], (text, widths)
         assert widths["ours"] >= cjk * 32 * 0.9, (text, widths)  # ideographs are ~1 em wide when real
+
+
+# The layout function itself, in the browser that runs it, over every count the issue names: 1 to 12
+# queues, 0 to 300 agent slots, the four screen sizes, with and without a header.
+JS_LAYOUT_PROPERTIES = """async () => {
+  const m = await import('/static/wall-fit.js');
+  const problems = [];
+  let cases = 0;
+  for (const [W, H] of [[1280, 720], [1366, 768], [1920, 1080], [3840, 2160]]) {
+    for (const chromeH of [0, 56]) {
+      for (let nq = 1; nq <= 12; nq++) {
+        for (const na of [0, 1, 13, 60, 150, 303, 312]) {
+          cases++;
+          const r = m.fitBoard({width: W, height: H, chromeH, queues: nq, slots: na});
+          const q = r.queues, a = r.agents, id = `${W}x${H}+${chromeH} ${nq}q ${na}a`;
+          const used = q.regionH + (na ? r.gap + a.legendH + r.gap + a.gridH : 0);
+          if (used > r.boardH + 0.5) problems.push(`${id}: ${used} px used of ${r.boardH}`);
+          if (q.cols * m.QUEUE_W_EM * q.u + (q.cols - 1) * r.gap > r.boardW + 0.5) problems.push(`${id}: cards too wide`);
+          if (q.cellH < m.QUEUE_H_EM * q.u - 0.5) problems.push(`${id}: card cell shorter than its content`);
+          if (q.perPage * q.pages < nq || q.cols * q.rows < Math.min(nq, q.perPage)) problems.push(`${id}: queues left out`);
+          if (a.perPage * a.pages < na) problems.push(`${id}: agents left out`);
+          if (a.u < 11) problems.push(`${id}: agent unit ${a.u} px`);
+          if (q.u < 12 - 0.01) problems.push(`${id}: queue unit ${q.u} px`);
+          if (nq <= 6 && q.u * m.NUMERAL_EM < 0.06 * H - 0.5) problems.push(`${id}: numerals ${q.u * m.NUMERAL_EM} px`);
+          if (nq <= 3 && q.pages > 1) problems.push(`${id}: ${nq} queues rotate`);
+        }
+      }
+    }
+  }
+  return {cases, problems: problems.slice(0, 30), count: problems.length};
+}"""
+
+
+async def test_the_layout_keeps_its_promises_for_every_count(browser: Any, make_instance: Any) -> None:
+    server = await make_instance(demo_config())
+    w = await open_at(browser, f"{base_url(server)}/wallboard?kiosk=1#token={token('wall-1', 'wallboard')}", 1280, 720)
+    await wait_js(w.page, JS_LIVE)
+    result = await w.page.evaluate(JS_LAYOUT_PROPERTIES)
+    assert result["cases"] == 4 * 2 * 12 * 7
+    assert result["count"] == 0, result["problems"]
+    w.check()
