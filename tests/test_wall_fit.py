@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -36,6 +38,11 @@ from tests.test_browser import (
 # The shared fixtures of the browser tests: one headless Debian chromium per test, agents signed in over websockets.
 browser = test_browser.browser
 agents = test_browser.agents
+
+def docs_shot(name: str) -> Path | None:
+    """docs/screenshots/<name> when regenerating the docs (CALLBOARD_SCREENSHOTS=1), else artifacts only."""
+    return DOCS_SCREENSHOTS / name if os.environ.get("CALLBOARD_SCREENSHOTS") else None
+
 
 VIEWPORTS = [(1280, 720), (1366, 768), (1920, 1080), (3840, 2160)]
 FAMILY = ["山田", "佐藤", "鈴木", "高橋", "田中", "伊藤", "渡辺", "中村", "小林", "加藤"]
@@ -255,7 +262,7 @@ async def test_a_caller_past_wait_critical_flashes_the_board_and_beeps_for_a_sup
         assert await page.locator(tid("queue-sales-at-risk")).text_content() == "2"
         assert await page.get_attribute(tid("queue-sales-at-risk"), "data-level") == "crit"
         assert await page.locator(tid("queue-support-at-risk")).text_content() == "0"
-        await w.shot("alert-critical-wait", DOCS_SCREENSHOTS / "wallboard-alert.png")
+        await w.shot("alert-critical-wait", docs_shot("wallboard-alert.png"))
 
         # the oldest caller is answered: the alert clears by itself
         await old.answer("grace", 200)
@@ -298,7 +305,7 @@ async def test_the_pages_in_japanese_with_japanese_names(browser: Any, make_inst
     assert await page.locator("#queues .kpi-waiting .kpi-label").first.text_content() == "待ち呼"
     assert "一度" in (await page.locator(tid("legend-note")).text_content() or "")
     await assert_no_tofu(page, ["山田 太郎", "佐藤 花子", "待ち呼"])
-    await w.shot("ja-wallboard", DOCS_SCREENSHOTS / "wallboard-ja.png")
+    await w.shot("ja-wallboard", docs_shot("wallboard-ja.png"))
     w.check()
     await page.context.close()
 
@@ -314,7 +321,7 @@ async def test_the_pages_in_japanese_with_japanese_names(browser: Any, make_inst
     assert await a.page.locator(tid("take-next")).text_content() == "次の発信者を受ける"
     assert (await a.page.locator(tid("voice-notice")).text_content() or "").startswith("在席管理のみ")
     await assert_no_tofu(a.page, ["山田 太郎", "受付可"])
-    await a.shot("ja-agent", DOCS_SCREENSHOTS / "agent-ja.png")
+    await a.shot("ja-agent", docs_shot("agent-ja.png"))
     a.check()
     await context.close()
 
