@@ -34,18 +34,20 @@ const AGENT_PX_MIN = 11; // an 11 px name is the smallest a 720p screen shows cr
 
 /**
  * The best grid for n cards in w x h: the column count that gives the largest unit, preferring fewer
- * rows (no half-empty last row, more height left for the agents) unless more rows are 5 % better.
+ * rows (no half-empty last row, more height left for the agents) when that costs under 5 % and keeps
+ * the unit at or above `floor`.
  */
-export function queueGrid(n, w, h, gap) {
-  let best = { cols: n, rows: 1, u: 0 };
+export function queueGrid(n, w, h, gap, floor = 0) {
+  const options = [];
   for (let cols = n; cols >= 1; cols -= 1) {
     const rows = Math.ceil(n / cols);
     const cw = (w - (cols - 1) * gap) / cols;
     const ch = (h - (rows - 1) * gap) / rows;
-    const u = Math.min(cw / QUEUE_W_EM, ch / QUEUE_H_EM);
-    if (best.u === 0 || u > best.u * (rows > best.rows ? 1.05 : 1)) best = { cols, rows, u };
+    options.push({ cols, rows, u: Math.max(0, Math.min(cw / QUEUE_W_EM, ch / QUEUE_H_EM)) });
   }
-  return best;
+  const best = options.reduce((a, b) => (b.u > a.u ? b : a));
+  const fewer = options.filter((o) => o.rows < best.rows && o.u * 1.05 >= best.u && o.u >= floor);
+  return fewer.length ? fewer.reduce((a, b) => (b.rows < a.rows || (b.rows === a.rows && b.u > a.u) ? b : a)) : best;
 }
 
 /** The least height that shows n cards at unit u within width w (Infinity when not even one fits). */
@@ -95,12 +97,12 @@ export function fitBoard({ width, height, chromeH = 0, queues: nq, slots: na }) 
     au = auPref;
   } else if (na === 0) {
     qRegion = boardH;
-    found = queueGrid(nq, boardW, qRegion, gap).u >= uTarget;
+    found = queueGrid(nq, boardW, qRegion, gap, uTarget).u >= uTarget;
   } else {
     // Shrink the agents (down to their floor) before the queues go below theirs.
     for (let a = auPref; a >= auMin - 1e-9; a -= 0.5) {
       const h = boardH - agentsHeightAt(na, a, boardW, gap) - gap;
-      if (h > 0 && queueGrid(nq, boardW, h, gap).u >= uTarget) {
+      if (h > 0 && queueGrid(nq, boardW, h, gap, uTarget).u >= uTarget) {
         au = a;
         qRegion = h;
         found = true;
@@ -133,11 +135,13 @@ export function fitBoard({ width, height, chromeH = 0, queues: nq, slots: na }) 
   // Queues: the grid for one page's cards, the unit capped, the region shrunk to what the cards use.
   let queues = { u: 0, cols: 1, rows: 0, cellH: 0, regionH: 0, perPage: Math.max(1, qPerPage), pages: 1 };
   if (nq > 0) {
-    const grid = queueGrid(qPerPage, boardW, qRegion, gap);
-    const u = Math.min(grid.u, uMax);
+    const grid = queueGrid(qPerPage, boardW, qRegion, gap, uTarget);
     // A card taller than its content (a width-bound unit) would only spread its rows apart: the
-    // height it does not use goes to the agents below.
-    const cellH = Math.floor(Math.min(QUEUE_H_EM * u * 1.1, (qRegion - (grid.rows - 1) * gap) / grid.rows));
+    // height it does not use goes to the agents below. Whole pixels, and the unit from the cell, so
+    // that rounding never makes a card's content taller than its cell.
+    const rowRoom = Math.floor((qRegion - (grid.rows - 1) * gap) / grid.rows);
+    const cellH = Math.min(Math.floor(QUEUE_H_EM * Math.min(grid.u, uMax) * 1.1), rowRoom);
+    const u = Math.min(grid.u, uMax, cellH / QUEUE_H_EM);
     queues = {
       u: Math.floor(u * 100) / 100,
       cols: grid.cols,

@@ -645,7 +645,7 @@ function visibleAgentSlots() {
   const slots = [];
   for (const team of [...dom.agents.children]) {
     const head = team.querySelector(".team-head");
-    if (head && options.group !== "none") slots.push(head);
+    if (head) slots.push(head); // a grid cell like any agent's (with ?group=none: "Agents" and the counts)
     for (const card of team.querySelectorAll(".agent")) {
       if (options.hideOffline && card.dataset.state === "offline") continue;
       slots.push(card);
@@ -700,7 +700,6 @@ function applyPages() {
   const aPage = pageIndex % aPages;
   fitted.queueCards.forEach((card, i) => card.classList.toggle("off-page", Math.floor(i / layout.queues.perPage) !== qPage));
   fitted.slots.forEach((slot, i) => slot.classList.toggle("off-page", Math.floor(i / layout.agents.perPage) !== aPage));
-  // A team whose head is on another page: repeat its name on the first cell of this page.
   dom.queuePager.hidden = qPages <= 1;
   setText(dom.queuePager, qPages > 1 ? t("Queues {i} of {n}", { i: qPage + 1, n: qPages }) : "");
   if (dom.agentPager) {

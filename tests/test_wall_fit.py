@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -36,6 +38,11 @@ from tests.test_browser import (
 # The shared fixtures of the browser tests: one headless Debian chromium per test, agents signed in over websockets.
 browser = test_browser.browser
 agents = test_browser.agents
+
+def docs_shot(name: str) -> Path | None:
+    """docs/screenshots/<name> when regenerating the docs (CALLBOARD_SCREENSHOTS=1), else artifacts only."""
+    return DOCS_SCREENSHOTS / name if os.environ.get("CALLBOARD_SCREENSHOTS") else None
+
 
 VIEWPORTS = [(1280, 720), (1366, 768), (1920, 1080), (3840, 2160)]
 FAMILY = ["山田", "佐藤", "鈴木", "高橋", "田中", "伊藤", "渡辺", "中村", "小林", "加藤"]
@@ -126,8 +133,8 @@ JS_MEASURE = """() => {
 }"""
 
 
-async def check_every_page(w: Watched, config: Config, label: str) -> dict[str, Any]:
-    """Measure the board on each of its pages; every queue and every agent is on one of them."""
+async def check_every_page(w: Watched, config: Config, label: str, agent_ids: set[str] | None = None) -> dict[str, Any]:
+    """Measure the board on each of its pages; every queue and every agent (or `agent_ids`) is on one of them."""
     page = w.page
     first = await page.evaluate(JS_MEASURE)
     layout = first["layout"]
@@ -143,7 +150,7 @@ async def check_every_page(w: Watched, config: Config, label: str) -> dict[str, 
             await w.shot(label)
         await page.evaluate("() => window.__cbWall.nextPage()")
     assert seen_queues == {q.name for q in config.queues}, label
-    assert seen_agents == {a.id for a in config.agents}, label
+    assert seen_agents == (agent_ids if agent_ids is not None else {a.id for a in config.agents}), label
     return layout
 
 
@@ -164,6 +171,14 @@ async def test_the_wallboard_fits_every_screen_with_300_agents(browser: Any, mak
             layouts[label] = await check_every_page(w, config, label)
             w.check()
             await w.page.context.close()
+    # the other grid layouts fit too: one group, offline agents hidden, sorted by time in state
+    w = await open_at(browser, f"{base_url(server)}/wallboard?group=none&offline=hide&sort=time#token={wall}", 1366, 768)
+    await wait_js(w.page, JS_LIVE, timeout_s=15)
+    await wait_js(w.page, "() => document.body.classList.contains('fit') && window.__cbWall.layout()")
+    online = {a.id for i, a in enumerate(config.agents) if i % 4 != 2}  # spread_states put every fourth offline
+    await check_every_page(w, config, f"fit-{queues}q-300a-1366x768-grouped-none", online)
+    w.check()
+    await w.page.context.close()
     # the rotation is only a fallback: 3 queues never rotate, and a 4K wall shows all 3 queues at once
     for label, layout in layouts.items():
         if queues == 3:
@@ -247,7 +262,7 @@ async def test_a_caller_past_wait_critical_flashes_the_board_and_beeps_for_a_sup
         assert await page.locator(tid("queue-sales-at-risk")).text_content() == "2"
         assert await page.get_attribute(tid("queue-sales-at-risk"), "data-level") == "crit"
         assert await page.locator(tid("queue-support-at-risk")).text_content() == "0"
-        await w.shot("alert-critical-wait", DOCS_SCREENSHOTS / "wallboard-alert.png")
+        await w.shot("alert-critical-wait", docs_shot("wallboard-alert.png"))
 
         # the oldest caller is answered: the alert clears by itself
         await old.answer("grace", 200)
@@ -290,7 +305,7 @@ async def test_the_pages_in_japanese_with_japanese_names(browser: Any, make_inst
     assert await page.locator("#queues .kpi-waiting .kpi-label").first.text_content() == "待ち呼"
     assert "一度" in (await page.locator(tid("legend-note")).text_content() or "")
     await assert_no_tofu(page, ["山田 太郎", "佐藤 花子", "待ち呼"])
-    await w.shot("ja-wallboard", DOCS_SCREENSHOTS / "wallboard-ja.png")
+    await w.shot("ja-wallboard", docs_shot("wallboard-ja.png"))
     w.check()
     await page.context.close()
 
@@ -306,7 +321,7 @@ async def test_the_pages_in_japanese_with_japanese_names(browser: Any, make_inst
     assert await a.page.locator(tid("take-next")).text_content() == "次の発信者を受ける"
     assert (await a.page.locator(tid("voice-notice")).text_content() or "").startswith("在席管理のみ")
     await assert_no_tofu(a.page, ["山田 太郎", "受付可"])
-    await a.shot("ja-agent", DOCS_SCREENSHOTS / "agent-ja.png")
+    await a.shot("ja-agent", docs_shot("agent-ja.png"))
     a.check()
     await context.close()
 
@@ -347,3 +362,44 @@ async def assert_no_tofu(page: Any, texts: list[str]) -> None:
         cjk = sum(1 for ch in text if ord(ch) > 0x2E80)
         assert widths["hasGlyphs"], (text, widths)
         assert widths["ours"] >= cjk * 32 * 0.9, (text, widths)  # ideographs are ~1 em wide when real
+
+
+# The layout function itself, in the browser that runs it, over every count the issue names: 1 to 12
+# queues, 0 to 300 agent slots, the four screen sizes, with and without a header.
+JS_LAYOUT_PROPERTIES = """async () => {
+  const m = await import('/static/wall-fit.js');
+  const problems = [];
+  let cases = 0;
+  for (const [W, H] of [[1280, 720], [1366, 768], [1920, 1080], [3840, 2160]]) {
+    for (const chromeH of [0, 56]) {
+      for (let nq = 1; nq <= 12; nq++) {
+        for (const na of [0, 1, 13, 60, 150, 303, 312]) {
+          cases++;
+          const r = m.fitBoard({width: W, height: H, chromeH, queues: nq, slots: na});
+          const q = r.queues, a = r.agents, id = `${W}x${H}+${chromeH} ${nq}q ${na}a`;
+          const used = q.regionH + (na ? r.gap + a.legendH + r.gap + a.gridH : 0);
+          if (used > r.boardH + 0.5) problems.push(`${id}: ${used} px used of ${r.boardH}`);
+          if (q.cols * m.QUEUE_W_EM * q.u + (q.cols - 1) * r.gap > r.boardW + 0.5) problems.push(`${id}: cards too wide`);
+          if (q.cellH < m.QUEUE_H_EM * q.u - 0.5) problems.push(`${id}: card cell shorter than its content`);
+          if (q.perPage * q.pages < nq || q.cols * q.rows < Math.min(nq, q.perPage)) problems.push(`${id}: queues left out`);
+          if (a.perPage * a.pages < na) problems.push(`${id}: agents left out`);
+          if (a.u < 11) problems.push(`${id}: agent unit ${a.u} px`);
+          if (q.u < 12 - 0.01) problems.push(`${id}: queue unit ${q.u} px`);
+          if (nq <= 6 && q.u * m.NUMERAL_EM < 0.06 * H - 0.5) problems.push(`${id}: numerals ${q.u * m.NUMERAL_EM} px`);
+          if (nq <= 3 && q.pages > 1) problems.push(`${id}: ${nq} queues rotate`);
+        }
+      }
+    }
+  }
+  return {cases, problems: problems.slice(0, 30), count: problems.length};
+}"""
+
+
+async def test_the_layout_keeps_its_promises_for_every_count(browser: Any, make_instance: Any) -> None:
+    server = await make_instance(demo_config())
+    w = await open_at(browser, f"{base_url(server)}/wallboard?kiosk=1#token={token('wall-1', 'wallboard')}", 1280, 720)
+    await wait_js(w.page, JS_LIVE)
+    result = await w.page.evaluate(JS_LAYOUT_PROPERTIES)
+    assert result["cases"] == 4 * 2 * 12 * 7
+    assert result["count"] == 0, result["problems"]
+    w.check()
