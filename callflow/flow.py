@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -58,6 +59,8 @@ QT_REFUSALS = {
     OVER_MAX: f"over {MAX_QUEUE_TIME_S // 3600} hours, Twilio's longest call",
     OVER_MEASURED: f"more than {QUEUE_TIME_TOLERANCE_S} s beyond the time since the call entered",
 }
+SID_RE = re.compile(r"[A-Za-z0-9]{2,64}")
+MAX_SHOWN = 64  # characters of a caller-supplied value that are logged or kept as free text
 _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)  # worth spooling; other errors are bugs
 
 Handler = Callable[[web.Request, MultiDictProxy[str]], Awaitable[str]]
@@ -183,7 +186,7 @@ class CallFlow:
     # -- the routes -----------------------------------------------------------------------------------------
 
     async def _incoming(self, request: web.Request, form: MultiDictProxy[str]) -> str:
-        sid = _required(form, "CallSid")
+        sid = _sid(form, "CallSid")
         if self.caller_lookup is not None:
             self.caller_lookup(sid, form.get("From", ""))
         queue = self.config.queue_for_number(form.get("To", ""))
@@ -219,9 +222,10 @@ class CallFlow:
         agent = self.config.agent(caller[len("client:"):]) if caller.startswith("client:") else None
         if agent is None:
             self.metrics.webhook_rejected.labels("unknown_agent").inc()
-            log.warning("agent call from %r refused: not a configured agent (From must be client:<agent id>)", caller)
+            log.warning("agent call from %r refused: not a configured agent (From must be client:<agent id>)",
+                        _shown(caller))
             return twiml.spoken_error("This phone is not registered as a call center agent. Goodbye.")
-        sid = _required(form, "CallSid")
+        sid = _sid(form, "CallSid")
         to = form.get("To", "").strip()
         if E164_RE.match(to):
             caller_id = self.config.center.caller_id
@@ -232,37 +236,37 @@ class CallFlow:
             return twiml.dial_number(to, caller_id)
         name = form.get("queue") or (agent.queues[0] if agent.queues else None)
         if name is None or self.config.queue(name) is None or name not in agent.queues:
-            log.warning("agent %s asked for queue %r, which is not one of theirs", agent.id, name)
+            log.warning("agent %s asked for queue %r, which is not one of theirs", agent.id, _shown(name))
             return twiml.spoken_error("That queue is not one of yours. Goodbye.")
         await self._record(CallEvent(AGENT_LEG, self.clock.now_ms(), {"sid": sid, "agent": agent.id}))
         return twiml.dial_queue(name, self._url(request, "bridge", queue=name, agent=agent.id))
 
     async def _bridge(self, request: web.Request, form: MultiDictProxy[str]) -> str:
-        sid = _required(form, "CallSid")
+        sid = _sid(form, "CallSid")
         agent_id = request.query.get("agent")
         queue = self._queue_named(request.query.get("queue"), form)
         if self.caller_lookup is not None:  # the incoming was missed (another outage, a lost request)
             self.caller_lookup(sid, form.get("From", ""), only_if_missing=True)
         await self._record(CallEvent(BRIDGE, self.clock.now_ms(), {
-            "sid": sid, "leg": form.get("DequeingCallSid") or None, "queue": queue.name,
+            "sid": sid, "leg": _optional_sid(form, "DequeingCallSid"), "queue": queue.name,
             "agent": agent_id if agent_id and self.config.agent(agent_id) else None,
             "qt_s": parse_queue_time_s(form.get("QueueTime")), "from": form.get("From", ""), "to": form.get("To", "")}))
         return twiml.empty()
 
     async def _queue_result(self, request: web.Request, form: MultiDictProxy[str]) -> str:
-        sid = _required(form, "CallSid")
+        sid = _sid(form, "CallSid")
         result = form.get("QueueResult", "")
         outcome = outcome_of(result)
         if result not in QUEUE_RESULT_OUTCOMES and result not in BRIDGED_RESULTS:
-            log.warning("unknown QueueResult %r for call %s: counted as outcome 'other'", result, sid)
+            log.warning("unknown QueueResult %r for call %s: counted as outcome 'other'", _shown(result), sid)
         queue = self._queue_named(request.query.get("queue"), form)
         await self._record(CallEvent(QUEUE_RESULT, self.clock.now_ms(), {
-            "sid": sid, "result": result or "(none)", "outcome": outcome, "queue": queue.name,
+            "sid": sid, "result": result[:MAX_SHOWN] or "(none)", "outcome": outcome, "queue": queue.name,
             "qt_s": parse_queue_time_s(form.get("QueueTime")), "from": form.get("From", ""), "to": form.get("To", "")}))
         return twiml.queue_result(outcome, self._voice(queue))
 
     async def _status(self, request: web.Request, form: MultiDictProxy[str]) -> str:
-        sid = _required(form, "CallSid")
+        sid = _sid(form, "CallSid")
         if form.get("CallStatus", "") in END_STATUSES:
             caller = form.get("From", "")
             agent = caller[len("client:"):] if caller.startswith("client:") else None
@@ -404,15 +408,33 @@ async def _read_form(request: web.Request) -> MultiDictProxy[str]:
     return MultiDictProxy(MultiDict(parse_qsl(text, keep_blank_values=True)))
 
 
-def _required(form: MultiDictProxy[str], name: str) -> str:
-    value = form.get(name, "").strip()
-    if not value:
+def _sid(form: MultiDictProxy[str], name: str) -> str:
+    """A required Twilio SID parameter: letters and digits, at most 64 (Twilio's are 34); it becomes a Redis key."""
+    value = _optional_sid(form, name)
+    if value is None:
         raise _Reject(400, "bad_request", f"Missing required parameter {name}.")
     return value
 
 
+def _optional_sid(form: MultiDictProxy[str], name: str) -> str | None:
+    value = form.get(name, "").strip()
+    if not value:
+        return None
+    if not SID_RE.fullmatch(value):
+        raise _Reject(400, "bad_request", f"Parameter {name} is not a Twilio SID (letters and digits, at most 64).")
+    return value
+
+
 def _int(value: str | None) -> int | None:
+    """A small integer parameter (a queue position, seconds), or None when absent or absurd."""
+    if value is None or len(value) > 12:
+        return None
     try:
-        return int(value) if value is not None else None
+        return int(value)
     except ValueError:
         return None
+
+
+def _shown(value: str | None) -> str | None:
+    """A caller-supplied value as logged: cut short, so one request cannot write megabytes of log."""
+    return value if value is None or len(value) <= MAX_SHOWN else value[:MAX_SHOWN] + "..."

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from redis.exceptions import RedisError
 
 from callboard.clock import Clock
-from presence.rules import Intent
+from presence.rules import Intent, validate_seq
 from presence.store import Addressed, PresenceStore
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,10 @@ class Batcher:
         """Queue an intent; the future resolves with its error code (None: applied or superseded)."""
         future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         self.stats.submitted += 1
+        if validate_seq(intent.seq):
+            # Refused here, never batched: one unencodable intent would fail the flush of everyone's.
+            future.set_result("bad_seq")
+            return future
         prior = self._pending.get(agent_id)
         if prior is not None:
             self.stats.coalesced += 1
@@ -139,6 +143,16 @@ class Batcher:
                 log.warning("presence flush of %d intents failed (%s); retrying in %.2fs", len(batch), exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
+                continue
+            except Exception:
+                # A bug, not an outage: retrying cannot help, and letting it end this loop would stop every
+                # agent's state changes for good. The batch is answered "not_stored" and the loop goes on.
+                self.stats.errors += 1
+                log.exception("presence flush of %d intents failed; they are refused (not_stored)", len(batch))
+                for _, pending in batch:
+                    for waiter in pending.waiters:
+                        if not waiter.done():
+                            waiter.set_result("not_stored")
                 continue
             backoff = BACKOFF_START_S
             elapsed = time.monotonic() - started

@@ -23,6 +23,9 @@ ACTORS = ("agent", "supervisor", "system")
 AGENT_SETTABLE = (AVAILABLE, AWAY)
 SUPERVISOR_SETTABLE = (AVAILABLE, AWAY, OFFLINE)
 MAX_REASON_LEN = 100
+# A seq precondition must survive msgpack and Lua's doubles exactly: integers 0..2^53-1. Anything else (a
+# 10^30 from a hand-written request) once made the whole batch unencodable and stopped every state change.
+MAX_SEQ = 2**53 - 1
 
 # Error codes a rejected intent carries; the wire and HTTP layers turn them into English messages.
 REJECT_MESSAGES = {
@@ -31,6 +34,8 @@ REJECT_MESSAGES = {
     "on_call": "the agent is on a call; the state changes when the call ends",
     "not_connected": "connect the agent console before changing state",
     "stale": "the agent's state changed since you last saw it (stale seq)",
+    "bad_seq": f'"seq" must be an integer from 0 to {MAX_SEQ}',
+    "not_stored": "the change could not be stored (a server error, logged); try again",
 }
 
 
@@ -88,6 +93,15 @@ def validate_set(actor: str, state: object, reason: object) -> str | None:
         return "forbidden_state"
     if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON_LEN):
         return "bad_state"
+    return None
+
+
+def validate_seq(seq: object) -> str | None:
+    """Shape check of an optional seq precondition; returns "bad_seq" or None."""
+    if seq is None:
+        return None
+    if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq <= MAX_SEQ:
+        return "bad_seq"
     return None
 
 

@@ -12,7 +12,7 @@ from redis.exceptions import RedisError
 from callboard.assets import read_page, static_dir
 from callboard.auth import Claims, TokenError, verify_token
 from callboard.services import SERVICES, Services
-from presence.rules import SET, Intent, validate_set
+from presence.rules import SET, Intent, validate_seq, validate_set
 from wallboard import messages
 
 JSON_HEADERS = {"Cache-Control": "no-store"}
@@ -98,8 +98,8 @@ async def set_state(request: web.Request) -> web.StreamResponse:
     code = validate_set(claims.role, state, reason)
     if code:
         return _json_error(400, messages.rejection(code)["message"], code)
-    if seq is not None and (not isinstance(seq, int) or isinstance(seq, bool)):
-        return _json_error(400, '"seq" must be an integer', "bad_message")
+    if validate_seq(seq):
+        return _json_error(400, messages.rejection("bad_seq")["message"], "bad_message")
     result = await services.batcher.submit(agent_id, Intent(kind=SET, actor=claims.role, state=state, reason=reason, seq=seq))
     if result:
         return _json_error(409, messages.rejection(result)["message"], result)
