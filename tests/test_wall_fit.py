@@ -179,6 +179,16 @@ async def test_the_wallboard_fits_every_screen_with_300_agents(browser: Any, mak
     await check_every_page(w, config, f"fit-{queues}q-300a-1366x768-grouped-none", online)
     w.check()
     await w.page.context.close()
+    # pages turn by themselves every ?rotate= seconds (3 here), queues and agents together
+    w = await open_at(browser, f"{base_url(server)}/wallboard?kiosk=1&rotate=3#token={wall}", 1280, 720)
+    await wait_js(w.page, JS_LIVE, timeout_s=15)
+    await wait_js(w.page, "() => !document.getElementById('agent-pager').hidden")
+    first = await w.page.locator(tid("agent-pager")).text_content() or ""
+    assert first.startswith("Agents 1 of "), first
+    await wait_js(w.page, "() => document.getElementById('agent-pager').textContent.startsWith('Agents 2 of ')",
+                  timeout_s=15)
+    w.check()
+    await w.page.context.close()
     # the rotation is only a fallback: 3 queues never rotate, and a 4K wall shows all 3 queues at once
     for label, layout in layouts.items():
         if queues == 3:
