@@ -76,7 +76,7 @@ async def load(db: Database, rows: list[CustomerFields], batch: int = 5000) -> f
         people, numbers = [], []
         for i, fields in enumerate(chunk, start):
             cid = f"cu_{i:016x}"
-            people.append({"id": cid, "created_ms": 1, "updated_ms": 1 + i, **fields.row()})
+            people.append({"id": cid, "created_ms": 1, "updated_ms": 1 + i, **repo.stored_row(fields, db.engine.dialect.name)})
             numbers += [{"customer_id": cid, "e164": p, "position": k} for k, p in enumerate(fields.phones)]
         async with db.begin() as conn:
             await conn.execute(insert(customers), people)
