@@ -355,3 +355,27 @@ async def test_a_client_that_pings_but_never_reads_is_judged_by_what_it_has_not_
     assert await _cut_within(server, client_port, 5.0), "the slow socket is still ESTABLISHED"
     assert not any(s.claims.sub == "pinger" for s in services.sessions)
     sock.close()
+
+
+async def test_an_idle_hub_sends_at_once_and_a_busy_one_coalesces_within_the_tick(make_instance) -> None:  # type: ignore[no-untyped-def]
+    """Issue 15: latency follows the load. With a 5 s tick, a lone change still arrives at once (the hub was
+    idle), while the changes right after it wait for the tick and go as one delta. (The bounds are seconds
+    apart on purpose: the machine may be loaded.)"""
+    config = make_config(server={"tick_ms": 5000})
+    server = await make_instance(config)
+    services = server.app[SERVICES]
+    wall = await connect(server, token("w", "wallboard"))
+    await asyncio.sleep(5.5)  # whatever start-up published, the hub is idle now
+    flushes = services.hub.flushes
+    started = time.monotonic()
+    await services.presence.apply([Addressed("alice", Intent(kind=SET, actor="supervisor", state="away", reason="one"))],
+                                  services.clock.now_ms())
+    await wall.wait_for(lambda s: s["agents"]["alice"].get("reason") == "one", timeout=10)
+    assert time.monotonic() - started < 3.5, "an idle hub waited for its tick"
+    for reason in ("two", "three"):
+        await services.presence.apply([Addressed("bob", Intent(kind=SET, actor="supervisor", state="away", reason=reason))],
+                                      services.clock.now_ms())
+    await wall.wait_for(lambda s: s["agents"]["bob"].get("reason") == "three", timeout=20)
+    assert services.hub.flushes - flushes == 2  # the lone change, then both later ones in one coalesced delta
+    assert not any(m.get("agents", {}).get("bob", {}).get("reason") == "two" for m in wall.messages)
+    await wall.close()
