@@ -379,3 +379,37 @@ async def test_an_idle_hub_sends_at_once_and_a_busy_one_coalesces_within_the_tic
     assert services.hub.flushes - flushes == 2  # the lone change, then both later ones in one coalesced delta
     assert not any(m.get("agents", {}).get("bob", {}).get("reason") == "two" for m in wall.messages)
     await wall.close()
+
+
+def test_extra_agent_fields_pass_through_the_mirror_and_reach_snapshots_and_deltas() -> None:
+    """Fields another room adds to the public agent record (routing's `ringing`, `missed_offers`) need no
+    change in the fan-out: they are mirrored, snapshotted, diffed, and removed when an entry drops them."""
+    async def scenario() -> None:
+        config = big_config(6)
+        clock = FakeClock()
+        mirror = Mirror(config, QueueStatsMirror(config, clock))
+        hub = Hub(mirror, clock, tick_ms=0)
+        hub.reset_published()
+        sub = Subscriber({"all"}, "json", on_slow=lambda: None)
+        first = hub.subscribe(sub)
+        base = {"state": "available", "since_ms": 5, "connections": 1, "seq": 3}
+        changes = Changes()
+        mirror.apply_entry("agent", "ag001", {**base, "ringing": True, "missed_offers": 1, "name": "forged"}, changes)
+        hub.notify(changes)
+        hub.flush()
+        assert mirror.agents["ag001"]["name"] == "Agent 1"  # static fields come from the config only
+        snap = hub.snapshot({"all"})["agents"]["ag001"]
+        assert snap["ringing"] is True and snap["missed_offers"] == 1
+        changes = Changes()
+        mirror.apply_entry("agent", "ag001", {**base, "seq": 4, "missed_offers": 2}, changes)  # ringing dropped
+        hub.notify(changes)
+        hub.flush()
+        snap = hub.snapshot({"all"})["agents"]["ag001"]
+        assert "ringing" not in snap and snap["missed_offers"] == 2
+        document = first
+        while sub.outbox:
+            message = sub.outbox.popleft().obj
+            document = patch.apply(document, {k: v for k, v in message.items() if k != "type"})
+        assert document == hub.snapshot({"all"})
+
+    asyncio.run(scenario())
