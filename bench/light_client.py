@@ -13,6 +13,8 @@ json.loads of every delta) made the clients, not the server, the limit on a 2-co
 Run by bench/fanout.py (`--client light`, the default). As a program it reads one JSON spec on stdin
 ({"host", "port", "clients": [[kind, id, token], ...], "concurrency"}), prints {"event": "connected", ...}
 once every socket has opened (or failed), waits for a line "stop" on stdin, and prints {"event": "result"}.
+With "protocol": "pusher" and "path": "/app/<key>?protocol=7" it speaks Pusher's protocol instead (the
+peer in bench/peer_soketi.py): the third member of each client is then the channel it subscribes to.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ import sys
 import time
 
 PREFIX = b"bench:"
-STAMP = re.compile(rb'"reason":"bench:(\d+\.\d+)"')
-DELTA_HEAD = b'{"type":"delta"'
+# Optional backslashes: Pusher carries event data as a JSON string inside the JSON frame (escaped quotes).
+STAMP = re.compile(rb'\\?"reason\\?":\\?"bench:(\d+\.\d+)')
+DELTA_HEADS = (b'{"type":"delta"', b'{"event":"delta"')
 RECONNECT_S = 0.5
 
 
@@ -69,7 +72,8 @@ class WsClient(asyncio.Protocol):
         self.buf = bytearray()
         self.upgraded = False
         self.ready: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self.own = re.compile(rb'"' + ident.encode() + rb'":\{[^{}]*?"reason":"bench:(\d+\.\d+)"') if kind == "agent" else None
+        self.own = re.compile(rb'\\?"' + ident.encode() + rb'\\?":\{[^{}]*?\\?"reason\\?":\\?"bench:(\d+\.\d+)')\
+            if kind == "agent" else None
         self.seen: set[bytes] = set()
         self.close_code: int | None = None
 
@@ -77,9 +81,10 @@ class WsClient(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         key = base64.b64encode(os.urandom(16)).decode()
         host = f"{self.fleet.host}:{self.fleet.port}"
-        self.transport.write((f"GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                              f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-                              "Sec-WebSocket-Protocol: callboard.v1.json\r\n\r\n").encode())
+        extra = "Sec-WebSocket-Protocol: callboard.v1.json\r\n" if self.fleet.protocol == "callboard" else ""
+        self.transport.write((f"GET {self.fleet.path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+                              f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                              f"{extra}\r\n").encode())
 
     def data_received(self, data: bytes) -> None:
         buf = self.buf
@@ -93,7 +98,11 @@ class WsClient(asyncio.Protocol):
                 return
             del buf[:end + 4]
             self.upgraded = True
-            self.transport.write(client_frame(0x1, json.dumps({"type": "hello", "token": self.token}).encode()))  # type: ignore[union-attr]
+            if self.fleet.protocol == "callboard":
+                hello = {"type": "hello", "token": self.token}
+            else:  # Pusher: `token` carries the channel (a wallboard's "all", an agent's team)
+                hello = {"event": "pusher:subscribe", "data": {"channel": self.token}}
+            self.transport.write(client_frame(0x1, json.dumps(hello).encode()))  # type: ignore[union-attr]
         while len(buf) >= 2:
             b1 = buf[1] & 0x7F
             if b1 < 126:
@@ -119,10 +128,13 @@ class WsClient(asyncio.Protocol):
             stats.messages += 1
             stats.bytes += len(payload)
             if not self.ready.done():
-                if payload.startswith(b'{"type":"snapshot"'):
+                if payload.startswith(b'{"type":"snapshot"') or b"pusher_internal:subscription_succeeded" in payload:
                     self.ready.set_result(True)
                 return
-            if not payload.startswith(DELTA_HEAD):
+            if not (payload.startswith(DELTA_HEADS) or b'"event":"delta"' in payload[:80]):  # Pusher: any key order
+                if payload.startswith(b'{"event":"pusher:ping"'):
+                    self.transport.write(client_frame(0x1, b'{"event":"pusher:pong","data":{}}'))  # type: ignore[union-attr]
+                    stats.pings += 1
                 return
             now = time.time()
             if self.kind == "wall":
@@ -154,8 +166,10 @@ class WsClient(asyncio.Protocol):
 
 
 class Fleet:
-    def __init__(self, host: str, port: int, specs: list[list[str]], concurrency: int) -> None:
+    def __init__(self, host: str, port: int, specs: list[list[str]], concurrency: int, protocol: str = "callboard",
+                 path: str = "/ws") -> None:
         self.host, self.port, self.specs, self.concurrency = host, port, specs, concurrency
+        self.protocol, self.path = protocol, path
         self.stats = Stats()
         self.clients: list[WsClient] = []
         self.failed: list[str] = []
@@ -216,7 +230,8 @@ def _cpu_s() -> float:
 
 async def main() -> None:
     spec = json.loads(sys.stdin.readline())
-    fleet = Fleet(spec["host"], spec["port"], spec["clients"], spec.get("concurrency", 200))
+    fleet = Fleet(spec["host"], spec["port"], spec["clients"], spec.get("concurrency", 200),
+                  spec.get("protocol", "callboard"), spec.get("path", "/ws"))
     loop = asyncio.get_running_loop()
     cpu0, t0 = _cpu_s(), time.monotonic()
     connect_s = await fleet.connect_all()

@@ -130,6 +130,21 @@ async def _write_random_states(services: Any, rng: random.Random, agents: list[s
     await services.presence.apply(items, services.clock.now_ms())
 
 
+async def _connect_reading(server: Any, tok: str) -> Any:
+    """conftest.connect, with a client library that keeps reading (and answering the server's pings) however
+    many messages wait: connecting 200 clients one by one on a loaded machine takes longer than the server's
+    10 s ping, and a client that stopped reading at 16 queued messages would be closed for a missing pong."""
+    from tests.conftest import WsClient
+
+    conn = await websockets.connect(ws_url(server), subprotocols=["callboard.v1.json"], open_timeout=10, max_queue=None)
+    client = WsClient(conn)
+    await client.send({"type": "hello", "token": tok})
+    client.welcome = await client.recv(timeout=10)
+    assert client.welcome["type"] == "welcome", client.welcome
+    assert (await client.recv(timeout=10))["type"] == "snapshot"
+    return client
+
+
 async def test_200_clients_receive_exactly_their_topics_and_end_in_a_fresh_snapshot(make_instance) -> None:  # type: ignore[no-untyped-def]
     config = big_config(60)
     server = await make_instance(config)
@@ -142,10 +157,11 @@ async def test_200_clients_receive_exactly_their_topics_and_end_in_a_fresh_snaps
     clients = []
     for i, scope in enumerate(scopes):
         sub = f"viewer{i}"
-        clients.append(await connect(server, token(sub, scope["role"], queues=scope.get("queues"), teams=scope.get("teams"))))
+        clients.append(await _connect_reading(server, token(sub, scope["role"], queues=scope.get("queues"),
+                                                            teams=scope.get("teams"))))
     assert len(clients) == 160
     agents = [a.id for a in config.agents]
-    agent_clients = [await connect(server, token(agents[i])) for i in range(40)]
+    agent_clients = [await _connect_reading(server, token(agents[i])) for i in range(40)]
     clients += agent_clients
     assert len(clients) == 200
 
@@ -339,3 +355,61 @@ async def test_a_client_that_pings_but_never_reads_is_judged_by_what_it_has_not_
     assert await _cut_within(server, client_port, 5.0), "the slow socket is still ESTABLISHED"
     assert not any(s.claims.sub == "pinger" for s in services.sessions)
     sock.close()
+
+
+async def test_an_idle_hub_sends_at_once_and_a_busy_one_coalesces_within_the_tick(make_instance) -> None:  # type: ignore[no-untyped-def]
+    """Issue 15: latency follows the load. With a 5 s tick, a lone change still arrives at once (the hub was
+    idle), while the changes right after it wait for the tick and go as one delta. (The bounds are seconds
+    apart on purpose: the machine may be loaded.)"""
+    config = make_config(server={"tick_ms": 5000})
+    server = await make_instance(config)
+    services = server.app[SERVICES]
+    wall = await connect(server, token("w", "wallboard"))
+    await asyncio.sleep(5.5)  # whatever start-up published, the hub is idle now
+    flushes = services.hub.flushes
+    started = time.monotonic()
+    await services.presence.apply([Addressed("alice", Intent(kind=SET, actor="supervisor", state="away", reason="one"))],
+                                  services.clock.now_ms())
+    await wall.wait_for(lambda s: s["agents"]["alice"].get("reason") == "one", timeout=10)
+    assert time.monotonic() - started < 3.5, "an idle hub waited for its tick"
+    for reason in ("two", "three"):
+        await services.presence.apply([Addressed("bob", Intent(kind=SET, actor="supervisor", state="away", reason=reason))],
+                                      services.clock.now_ms())
+    await wall.wait_for(lambda s: s["agents"]["bob"].get("reason") == "three", timeout=20)
+    assert services.hub.flushes - flushes == 2  # the lone change, then both later ones in one coalesced delta
+    assert not any(m.get("agents", {}).get("bob", {}).get("reason") == "two" for m in wall.messages)
+    await wall.close()
+
+
+def test_extra_agent_fields_pass_through_the_mirror_and_reach_snapshots_and_deltas() -> None:
+    """Fields another room adds to the public agent record (routing's `ringing`, `missed_offers`) need no
+    change in the fan-out: they are mirrored, snapshotted, diffed, and removed when an entry drops them."""
+    async def scenario() -> None:
+        config = big_config(6)
+        clock = FakeClock()
+        mirror = Mirror(config, QueueStatsMirror(config, clock))
+        hub = Hub(mirror, clock, tick_ms=0)
+        hub.reset_published()
+        sub = Subscriber({"all"}, "json", on_slow=lambda: None)
+        first = hub.subscribe(sub)
+        base = {"state": "available", "since_ms": 5, "connections": 1, "seq": 3}
+        changes = Changes()
+        mirror.apply_entry("agent", "ag001", {**base, "ringing": True, "missed_offers": 1, "name": "forged"}, changes)
+        hub.notify(changes)
+        hub.flush()
+        assert mirror.agents["ag001"]["name"] == "Agent 1"  # static fields come from the config only
+        snap = hub.snapshot({"all"})["agents"]["ag001"]
+        assert snap["ringing"] is True and snap["missed_offers"] == 1
+        changes = Changes()
+        mirror.apply_entry("agent", "ag001", {**base, "seq": 4, "missed_offers": 2}, changes)  # ringing dropped
+        hub.notify(changes)
+        hub.flush()
+        snap = hub.snapshot({"all"})["agents"]["ag001"]
+        assert "ringing" not in snap and snap["missed_offers"] == 2
+        document = first
+        while sub.outbox:
+            message = sub.outbox.popleft().obj
+            document = patch.apply(document, {k: v for k, v in message.items() if k != "type"})
+        assert document == hub.snapshot({"all"})
+
+    asyncio.run(scenario())

@@ -15,6 +15,9 @@ from callflow.live import QueueStatsMirror
 from presence.rules import OFFLINE, STATES, AgentRecord
 
 PUBLIC_AGENT_FIELDS = ("state", "reason", "since_ms", "connections", "seq", "call")
+# From the config, never from a change entry. Every other field of an agent entry passes through as it
+# comes, so rooms that add to the public record (routing's `ringing`, `missed_offers`) need no change here.
+STATIC_AGENT_FIELDS = frozenset(("name", "team", "queues"))
 
 
 @dataclass
@@ -69,8 +72,13 @@ class Mirror:
             if entry is None:
                 return
             self._count(entry, -1)
+            for name in entry.keys() - STATIC_AGENT_FIELDS - data.keys():
+                entry[name] = None  # cmsgpack drops nil fields: absent means null
+            for name, value in data.items():
+                if name not in STATIC_AGENT_FIELDS:
+                    entry[name] = value
             for name in PUBLIC_AGENT_FIELDS:
-                entry[name] = data.get(name)  # cmsgpack drops nil fields: absent means null
+                entry.setdefault(name, None)
             if entry["state"] not in STATES:
                 entry["state"] = OFFLINE
             self._count(entry, +1)

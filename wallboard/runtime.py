@@ -43,13 +43,14 @@ T = TypeVar("T")
 
 
 def run_loop(main: Coroutine[Any, Any, T]) -> T:
-    """Run the server's main coroutine on uvloop when it is installed (CALLBOARD_EVENT_LOOP=asyncio opts out).
+    """Run the server's main coroutine on asyncio's loop, or on uvloop with CALLBOARD_EVENT_LOOP=uvloop.
 
-    Why: the fan-out writes one frame per subscriber per delta (about 25,000 socket writes/s at 1,000
-    changes/s with teams of 25), and uvloop's transport.write is C where asyncio's is Python
-    (docs/benchmarks.md has the side-by-side figures).
+    Why an option and not the default: the fan-out writes one frame per subscriber per delta (about 25,000
+    socket writes/s at 1,000 changes/s with teams of 25) and uvloop's transport.write is C, but alternating
+    runs on the loaded 2-core bench machine did not show it faster (docs/benchmarks.md); a default changes
+    on measurements, not on expectations.
     """
-    choice = os.environ.get("CALLBOARD_EVENT_LOOP", "uvloop")
+    choice = os.environ.get("CALLBOARD_EVENT_LOOP", "asyncio")
     if choice == "uvloop":
         try:
             import uvloop

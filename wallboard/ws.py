@@ -1,4 +1,4 @@
-"""The websocket endpoint: one session per connection; its handler task is the connection's only task.
+"""The websocket endpoint: one session per connection, and no task of its own beside aiohttp's handler.
 
 Frames to the client are written by the hub, directly to the transport (see wallboard/hub.py); the handler
 reads client messages and turns mistakes into {"type": "error"} in one place.
@@ -39,6 +39,7 @@ from wallboard.hub import Subscriber
 from wallboard.messages import WireError
 
 log = logging.getLogger(__name__)
+
 
 def _reset_on_close(transport: asyncio.Transport | None) -> None:
     """Make the socket's close a reset: a peer that reads nothing must not keep our kernel buffers."""
