@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from presence.batcher import Batcher
     from presence.liveness import Liveness
     from presence.store import PresenceStore
+    from routing.router import Router
     from wallboard.follower import Follower
     from wallboard.hub import Hub
     from wallboard.metrics import Metrics
@@ -108,6 +109,7 @@ class Services:
     sessions: set[Any] = field(default_factory=set)
     draining: bool = False
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    routing: Router | None = None  # offer mode only (routing/router.py)
 
     @property
     def secret(self) -> str:

@@ -110,7 +110,10 @@ class CallFlow:
             "incoming": self._incoming, "wait": self._wait, "agent": self._agent,
             "bridge": self._bridge, "queue-result": self._queue_result, "status": self._status,
         }
-        return [web.post(BASE_PATH + name, self._view(name, handler)) for name, handler in views.items()]
+        from callflow import connect  # routing's connect and dial-result (offer mode); imports this module
+
+        return [web.post(BASE_PATH + name, self._view(name, handler)) for name, handler in views.items()] \
+            + connect.routes(self)
 
     @property
     def spool_depth(self) -> int:
@@ -226,6 +229,10 @@ class CallFlow:
         return twiml.dial_queue(name, self._url(request, "bridge", queue=name, agent=agent.id))
 
     async def _bridge(self, request: web.Request, form: MultiDictProxy[str]) -> str:
+        if request.query.get("offer"):  # routing: the agent's <Client url>, requested on the agent's leg
+            from callflow import connect
+
+            return await connect.offer_bridge(self, request, form)
         sid = _required(form, "CallSid")
         agent_id = request.query.get("agent")
         queue = self._queue_named(request.query.get("queue"), form)

@@ -349,9 +349,10 @@ class TwilioEmulator:
 
     # -- the call engine -----------------------------------------------------------------------------------
 
-    async def place_call(self, *, from_: str, to: str, url: str, status_callback: str | None = None) -> EmuCall:
+    async def place_call(self, *, from_: str, to: str, url: str, status_callback: str | None = None,
+                         sid: str | None = None) -> EmuCall:
         """A caller dials one of the center's numbers: Twilio requests the number's Voice URL."""
-        leg = EmuCall(sid=new_sid("CA"), from_=from_, to=to, status="ringing", status_callback=status_callback)
+        leg = EmuCall(sid=sid or new_sid("CA"), from_=from_, to=to, status="ringing", status_callback=status_callback)
         self.calls[leg.sid] = leg
         leg.status = "in-progress"
         leg.answered_at = time.time()
