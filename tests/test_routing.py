@@ -269,3 +269,29 @@ async def test_dial_not_connected_requeues_keeping_fifo_and_counts(center_factor
 async def test_pull_mode_stays_the_default(make_instance: Any) -> None:
     server = await make_instance()
     assert server.app[SERVICES].routing is None
+
+
+async def test_offers_are_exclusive_under_races_from_two_instances(center_factory: Any) -> None:
+    center = await center_factory(instances=2)
+    agents = {"alice": await center.agent("alice", i=0), "bob": await center.agent("bob", i=1),
+              "dave": await center.agent("dave", i=1)}
+    await center.agent("alice", i=1)  # a second console of alice, on the other instance
+    callers = [await center.caller(f"+1555777000{n}", info={"withheld": False, "customers": [], "owner": None,
+                                                            "owner_team": None}) for n in range(6)]
+    routers = [center.services(0).routing, center.services(1).routing]
+    assert all(routers)
+    for _ in range(20):  # both instances decide at once, again and again, on top of their own loops
+        await asyncio.gather(*(r.tick() for r in routers for _ in range(3)))  # type: ignore[union-attr]
+    by_agent = {k.decode(): v.decode() for k, v in (await center.redis.hgetall(keys.OFFER_AGENTS)).items()}
+    by_call = {k.decode(): v.decode() for k, v in (await center.redis.hgetall(keys.OFFER_CALLS)).items()}
+    assert sorted(by_agent) == ["alice", "bob", "dave"]
+    assert len(by_call) == 3 and set(by_call.values()) == set(by_agent.values())
+    # the three longest-waiting callers, FIFO, each offered to exactly one agent
+    assert set(by_call) == {c.sid for c in callers[:3]}
+    created = [f for f in await center.facts() if f["type"] == "offer.created"]
+    assert len(created) == 3 and len({f["agent"] for f in created}) == 3 and len({f["call_sid"] for f in created}) == 3
+    for agent_id, client in agents.items():
+        offer = await next_message(client, "offer")
+        assert offer["offer_id"] == by_agent[agent_id]
+    await asyncio.sleep(0.3)
+    assert not [m for c in agents.values() for m in c.messages if m["type"] == "offer"], "one offer per agent"
