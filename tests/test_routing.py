@@ -295,3 +295,51 @@ async def test_offers_are_exclusive_under_races_from_two_instances(center_factor
         assert offer["offer_id"] == by_agent[agent_id]
     await asyncio.sleep(0.3)
     assert not [m for c in agents.values() for m in c.messages if m["type"] == "offer"], "one offer per agent"
+
+
+async def test_connect_and_dial_result_with_garbage_never_drop_the_caller(center_factory: Any) -> None:
+    """Twilio-signed requests with queries routing never made: the caller goes (back) into a queue."""
+    import aiohttp
+
+    from callflow.signature import SIGNATURE_HEADER, sign
+    from tests.conftest import TWILIO_TOKEN
+
+    center = await center_factory()
+    base = center.base()
+    form = {"CallSid": "CA" + "e" * 32, "From": "+15550001111", "To": "+15550000001", "CallStatus": "in-progress",
+            "DialCallStatus": "no-answer"}
+    async with aiohttp.ClientSession() as http:
+        for path in ("/twilio/voice/connect?offer=&agent=nobody&queue=support",
+                     "/twilio/voice/connect?" + "x" * 3000,
+                     "/twilio/voice/dial-result?offer=of999&agent=alice&queue=support",
+                     "/twilio/voice/dial-result?queue=%00%FF"):
+            url = base + path
+            async with http.post(url, data=form, headers={SIGNATURE_HEADER: sign(TWILIO_TOKEN, url, form)}) as resp:
+                body = await resp.text()
+            assert resp.status == 200, (path, body)
+            assert "<Enqueue" in body, (path, body)
+        url = base + "/twilio/voice/connect?offer=of1&agent=alice&queue=support"
+        async with http.post(url, data=form, headers={SIGNATURE_HEADER: "forged"}) as resp:
+            assert resp.status == 403
+        async with http.post(url, data={"From": "x"}, headers={SIGNATURE_HEADER: sign(TWILIO_TOKEN, url, {"From": "x"})}) as resp:
+            assert resp.status == 400 and "CallSid" in await resp.text()
+
+
+async def test_resync_restores_ringing_missed_offers_and_the_open_offer(center_factory: Any) -> None:
+    clock = FakeClock()
+    center = await center_factory(clock=clock, server={"lease_renew_s": 0.2, "lease_ttl_s": 600}, missed_to_away=0)
+    alice = await center.agent("alice")
+    await center.caller(info={"withheld": False, "customers": [], "owner": None, "owner_team": None})
+    await next_message(alice, "offer")
+    clock.advance(15.5)
+    assert (await next_message(alice, "offer_ended"))["reason"] == "expired"
+    offer = await next_message(alice, "offer")
+    services = center.services()
+    services.mirror.reset_agents({})  # as a fresh instance's mirror: nothing known about offers
+    services.mirror.offers = {}
+    await services.follower.resync()
+    entry = services.mirror.agents["alice"]
+    assert entry["ringing"] is True and entry["missed_offers"] == 1
+    assert services.mirror.offers["alice"]["offer_id"] == offer["offer_id"]
+    again = await center.agent("alice")  # a reconnecting console gets the open offer again
+    assert (await next_message(again, "offer"))["offer_id"] == offer["offer_id"]
