@@ -368,3 +368,16 @@ async def test_caller_hanging_up_while_the_agent_rings_frees_the_agent(center_fa
     assert got["call_sid"] == second.sid
     release.set()
     await center.emu.settle()
+
+
+async def test_agent_turning_available_gets_the_waiting_caller(center_factory: Any) -> None:
+    center = await center_factory(tick_ms=200)
+    alice = await center.agent("alice")
+    await alice.send({"type": "set_state", "state": "away", "reason": "lunch"})
+    await alice.wait_for(lambda s: s["agents"]["alice"]["state"] == "away")
+    caller = await center.caller(info={"withheld": False, "customers": [], "owner": None, "owner_team": None})
+    await asyncio.sleep(0.5)
+    assert not [m for m in alice.messages if m["type"] == "offer"], "away agents are not offered calls"
+    await alice.send({"type": "set_state", "state": "available"})
+    offer = await next_message(alice, "offer")
+    assert offer["call_sid"] == caller.sid
