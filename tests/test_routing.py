@@ -87,7 +87,7 @@ async def test_whole_path_offer_accept_bridge_hangup(center_factory: Any) -> Non
     await center.emu.settle()
     # wrap-up (2 s in the test center), or already past it when this machine is slow
     await alice.wait_for(lambda s: s["agents"]["alice"]["state"] in ("wrap-up", "available")
-                         and s["agents"]["alice"]["call"] is None, timeout=15)
+                         and s["agents"]["alice"].get("call") is None, timeout=15)
     assert center.emu.calls[caller.sid].status == "completed"
     assert await center.redis.hlen(keys.OFFER_CALLS) == 0 and await center.redis.hlen(keys.OFFER_AGENTS) == 0
     kinds = [(f["type"], f.get("result")) for f in await center.facts()]
