@@ -383,3 +383,18 @@ async def test_agent_turning_available_gets_the_waiting_caller(center_factory: A
     await alice.send({"type": "set_state", "state": "available"})
     offer = await next_message(alice, "offer")
     assert offer["call_sid"] == caller.sid
+
+
+async def test_instance_killed_during_an_offer_the_caller_goes_to_an_agent_elsewhere(center_factory: Any) -> None:
+    center = await center_factory(instances=2)
+    alice = await center.agent("alice", i=0)
+    await asyncio.sleep(0.01)
+    bob = await center.agent("bob", i=1)
+    caller = await center.caller(info={"withheld": False, "customers": [], "owner": None, "owner_team": None}, i=1)
+    offer = await next_message(alice, "offer")
+    await center.services(0).crash()  # like SIGKILL: no drain; its lease expires and instance 1 reaps it
+    moved = await next_message(bob, "offer", timeout=20)
+    assert moved["call_sid"] == caller.sid and moved["offer_id"] != offer["offer_id"]
+    ended = [f for f in await center.facts() if f["type"] == "offer.ended"]
+    assert ended[0]["offer_id"] == offer["offer_id"] and ended[0]["reason"] == "agent_unavailable"
+    center.clients.remove(alice)
