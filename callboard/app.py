@@ -73,6 +73,13 @@ def build_services(config: Config, settings: Settings, redis: Redis, *, clock: C
     services = Services(config=config, settings=settings, clock=clock, redis=redis, metrics=metrics, presence=presence,
                         batcher=batcher, liveness=liveness, mirror=mirror, hub=hub, follower=follower, callflow=callflow)
     services.db = db or Database.from_url(settings.database_url, data_dir=settings.data_dir)
+    from routing.twilio_rest import TwilioRest  # no network until a first REST call
+
+    services.twilio_rest = TwilioRest.from_settings(settings)
+    if config.routing.mode == "offer":  # routing: callboard offers callers to agents itself
+        from routing.service import build_router
+
+        services.routing = build_router(services)
     metrics.build_info.labels(__version__, liveness.instance_id).set(1)
     metrics.add_shared_state(shared_state_collector(services))
     return services
@@ -106,6 +113,8 @@ def build_app(config: Config, settings: Settings, redis: Redis, *, clock: Clock 
         s.start(_pending_gauge(s), "pending-gauge")
         await _start_database(s)
         s.start(LoopWatch(s.metrics).run(), "loop-watch")
+        if s.routing is not None:
+            s.start(s.routing.run(), "router")
         try:
             await asyncio.wait_for(s.follower.caught_up.wait(), timeout=5.0)
             s.hub.reset_published()
@@ -116,6 +125,10 @@ def build_app(config: Config, settings: Settings, redis: Redis, *, clock: Clock 
         await s.stop_tasks()
         await s.batcher.stop()
         await s.liveness.aclose()
+        if s.routing is not None:
+            await s.routing.close()
+        if s.twilio_rest is not None:
+            await s.twilio_rest.close()
         if close_redis:
             await s.redis.aclose()
         if db is None and s.db is not None:

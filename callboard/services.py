@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from presence.batcher import Batcher
     from presence.liveness import Liveness
     from presence.store import PresenceStore
+    from routing.router import Router
+    from routing.twilio_rest import TwilioRest
     from store.db import Database
     from wallboard.follower import Follower
     from wallboard.hub import Hub
@@ -55,6 +57,7 @@ class Settings:
     data_dir: Path = Path(".callboard")
     insecure_dev: bool = False
     database_url: str | None = None  # None: SQLite at <data_dir>/callboard.db (store/db.py)
+    twilio_api_url: str = "https://api.twilio.com"  # a Twilio-compatible API or the emulator (routing)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
@@ -72,6 +75,7 @@ class Settings:
             "twilio_twiml_app_sid": env.get("TWILIO_TWIML_APP_SID") or None,
             "data_dir": Path(env.get("CALLBOARD_DATA", ".callboard")),
             "database_url": env.get("DATABASE_URL") or None,
+            "twilio_api_url": (env.get("TWILIO_API_URL") or "https://api.twilio.com").rstrip("/"),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
@@ -112,6 +116,8 @@ class Services:
     db: Database | None = None
     # Set while several live instances share this Redis and this one keeps its records in SQLite.
     database_misconfigured: str | None = None
+    routing: Router | None = None  # offer mode only (routing/router.py)
+    twilio_rest: TwilioRest | None = None  # the instance's one Twilio REST client (routing/twilio_rest.py)
 
     @property
     def secret(self) -> str:

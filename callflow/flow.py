@@ -27,6 +27,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from callboard import keys
 from callboard.clock import Clock
 from callboard.config import E164_RE, Config, Queue
+from callboard.services import SERVICES
 from callflow import signature, twiml
 from callflow.events import AGENT_LEG, BRIDGE, INCOMING, QUEUE_RESULT, STATUS, Applied, CallEvent, CallStore
 from callflow.stats import (
@@ -123,7 +124,10 @@ class CallFlow:
             "incoming": self._incoming, "wait": self._wait, "agent": self._agent,
             "bridge": self._bridge, "queue-result": self._queue_result, "status": self._status,
         }
-        return [web.post(BASE_PATH + name, self._view(name, handler)) for name, handler in views.items()]
+        from callflow import connect  # routing's connect and dial-result (offer mode); imports this module
+
+        return [web.post(BASE_PATH + name, self._view(name, handler)) for name, handler in views.items()] \
+            + connect.routes(self)
 
     @property
     def spool_depth(self) -> int:
@@ -199,6 +203,7 @@ class CallFlow:
         voice = self._voice(queue)
         if mode == "unstaffed":
             return twiml.unstaffed(voice)
+        _wake_router(request)
         return twiml.enqueue(queue.name, queue.greeting, voice,
                              action_url=self._url(request, "queue-result", queue=queue.name),
                              wait_url=self._url(request, "wait", queue=queue.name))
@@ -242,6 +247,10 @@ class CallFlow:
         return twiml.dial_queue(name, self._url(request, "bridge", queue=name, agent=agent.id))
 
     async def _bridge(self, request: web.Request, form: MultiDictProxy[str]) -> str:
+        if request.query.get("offer"):  # routing: the agent's <Client url>, requested on the agent's leg
+            from callflow import connect
+
+            return await connect.offer_bridge(self, request, form)
         sid = _sid(form, "CallSid")
         agent_id = request.query.get("agent")
         queue = self._queue_named(request.query.get("queue"), form)
@@ -263,6 +272,7 @@ class CallFlow:
         await self._record(CallEvent(QUEUE_RESULT, self.clock.now_ms(), {
             "sid": sid, "result": result[:MAX_SHOWN] or "(none)", "outcome": outcome, "queue": queue.name,
             "qt_s": parse_queue_time_s(form.get("QueueTime")), "from": form.get("From", ""), "to": form.get("To", "")}))
+        _wake_router(request)  # routing: a caller who left cancels its offer now
         return twiml.queue_result(outcome, self._voice(queue))
 
     async def _status(self, request: web.Request, form: MultiDictProxy[str]) -> str:
@@ -272,6 +282,7 @@ class CallFlow:
             agent = caller[len("client:"):] if caller.startswith("client:") else None
             await self._record(CallEvent(STATUS, self.clock.now_ms(), {
                 "sid": sid, "agent": agent if agent and self.config.agent(agent) else None}))
+            _wake_router(request)  # routing: a hung-up caller's offer ends now, a freed agent is offered
         return twiml.empty()
 
     # -- events, metrics, spool -------------------------------------------------------------------------
@@ -406,6 +417,13 @@ async def _read_form(request: web.Request) -> MultiDictProxy[str]:
     except UnicodeDecodeError:
         raise _Reject(400, "bad_request", "Request body is not valid UTF-8.") from None
     return MultiDictProxy(MultiDict(parse_qsl(text, keep_blank_values=True)))
+
+
+def _wake_router(request: web.Request) -> None:
+    """Routing (offer mode): tick now rather than at the next tick. No Services: a call-flow-only app."""
+    services = request.app.get(SERVICES)
+    if services is not None and services.routing is not None:
+        services.routing.wake()
 
 
 def _sid(form: MultiDictProxy[str], name: str) -> str:

@@ -24,6 +24,7 @@ import {
   t,
   takeToken,
 } from "./common.js";
+import { offers } from "./agent-offers.js";
 
 const PAGE = "agent";
 const ERROR_VISIBLE_MS = 15_000;
@@ -424,6 +425,7 @@ function onDelta(message) {
 }
 
 function onMessage(message) {
+  if (offers.onMessage(message)) return; // routing: offer, offer_ended (static/agent-offers.js)
   if (message.type === "pop") {
     currentPop = message;
     renderPop();
@@ -451,6 +453,7 @@ function voiceNotice(text, presenceOnly = false) {
 
 function presenceOnly(reason) {
   voice.ready = false;
+  offers.voiceUnavailable();
   dom.takeNext.disabled = true;
   voiceNotice(t("Presence only: {reason}", { reason }), true);
   dom.takeNext.dataset.voice = "unavailable";
@@ -531,6 +534,7 @@ async function setupVoice() {
       }
     });
     voice.ready = true;
+    offers.attachDevice(device);
     dom.takeNext.disabled = false;
     dom.takeNext.dataset.voice = "ready";
     voiceNotice(answer.identity ? t("Voice ready as {identity}.", { identity: answer.identity }) : t("Voice ready."));
@@ -609,6 +613,7 @@ async function main() {
       onSnapshot,
       onDelta,
       onMessage,
+      hello: () => offers.hello(),
       onStatus: async (status) => {
         onStatus(status);
         live = status.state === "live";
@@ -621,6 +626,7 @@ async function main() {
         }
       },
     });
+    offers.bind((message) => socket?.send(message) ?? false);
     socket.start();
   };
   start();

@@ -66,6 +66,7 @@ class Session:
         self.closer: asyncio.Task[None] | None = None  # held so the close task is not garbage-collected
         self.closing = False
         self.bad_in_a_row = 0
+        self.can_take_calls = True  # routing: False when the hello said "can_take_calls": false
 
     def send(self, obj: dict[str, Any]) -> None:
         """A message for this client only; written at once unless the client is behind."""
@@ -110,6 +111,10 @@ class Session:
         kind = msg["type"]
         if kind == "set_state":
             self._set_state(msg)
+        elif kind in ("accept", "reject"):  # routing (offer mode): the agent's answer to an offer
+            self._answer_offer(msg, accept=kind == "accept")
+        elif kind == "can_take_calls":  # routing: the console's softphone became ready (or failed)
+            self._can_take_calls(msg)
         elif kind == "ping":
             self.send({"type": "pong", "server_time_ms": self.services.clock.now_ms()})
         elif kind == "hello":
@@ -134,6 +139,43 @@ class Session:
             raise WireError("bad_message", '"seq" must be an integer')
         future = self.services.batcher.submit(target, Intent(kind=SET, actor=role, state=state, reason=reason, seq=seq))
         future.add_done_callback(self._report)
+
+    def _answer_offer(self, msg: dict[str, Any], *, accept: bool) -> None:
+        router = self.services.routing
+        if self.claims.role != "agent":
+            raise WireError("forbidden", "only agents answer offers")
+        if router is None:
+            raise WireError("not_offer_mode", "this center does not offer calls (routing mode is pull)")
+        offer_id = msg.get("offer_id")
+        if not isinstance(offer_id, str) or not 0 < len(offer_id) <= 64:
+            raise WireError("bad_message", '"offer_id" must be the id of the offer you received')
+        task = asyncio.get_running_loop().create_task(router.answer(self.claims.sub, offer_id, accept))
+        task.add_done_callback(self._report_answer)
+
+    def _can_take_calls(self, msg: dict[str, Any]) -> None:
+        value = msg.get("value")
+        if not isinstance(value, bool):
+            raise WireError("bad_message", '"value" must be true or false')
+        if self.claims.role != "agent" or value == self.can_take_calls:
+            self.can_take_calls = value
+            return
+        self.can_take_calls = value
+        router = self.services.routing
+        if router is not None:
+            instance = None if value else self.services.liveness.instance_id
+            task = asyncio.get_running_loop().create_task(
+                router.connection_cannot_take_calls(self.claims.sub, self.conn_id, instance))
+            task.add_done_callback(self._report_answer)
+
+    def _report_answer(self, task: asyncio.Future[str | None]) -> None:
+        if task.cancelled() or self.sub.closed:
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("offer answer failed", exc_info=exc)
+            self.sub.send_now(messages.error("unavailable", "the answer could not be recorded; try again"))
+        elif task.result():
+            self.sub.send_now(messages.error("no_offer", "that offer is no longer open (it ended or is not yours)"))
 
     def _report(self, future: asyncio.Future[str | None]) -> None:
         if future.cancelled() or self.sub.closed:
@@ -168,9 +210,14 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     is_agent = session.claims.role == "agent"
     if is_agent and (pop := services.mirror.pops.get(session.claims.sub)) is not None:
         session.send(pop)
+    if is_agent and (offer := services.mirror.offers.get(session.claims.sub)) is not None:
+        session.send(offer)  # routing: an offer still open rings again on the new connection
     try:
         if is_agent:
             try:
+                if services.routing is not None and not session.can_take_calls:  # before it counts as connected
+                    await services.routing.connection_cannot_take_calls(
+                        session.claims.sub, session.conn_id, services.liveness.instance_id)
                 await services.liveness.register(session.conn_id, session.claims.sub)
             except (RedisError, OSError) as exc:  # Redis away: the next lease renewal registers it
                 services.count_redis_error(exc)
@@ -183,6 +230,8 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         if is_agent:
             try:
                 await services.liveness.deregister(session.conn_id)
+                if services.routing is not None and not session.can_take_calls:
+                    await services.routing.connection_cannot_take_calls(session.claims.sub, session.conn_id, None)
             except (RedisError, OSError) as exc:  # Redis away: the next renewal replays it
                 services.count_redis_error(exc)
                 log.warning("could not deregister %s now (%s); it is replayed when Redis answers", session.conn_id, exc)
@@ -210,7 +259,10 @@ async def _hello(services: Services, request: web.Request, ws: web.WebSocketResp
         await _send_then_close(ws, encoding, messages.error("bad_token", str(exc)), CLOSE_BAD_TOKEN, str(exc))
         return None
     try:
-        return Session(services, request, ws, claims, encoding)
+        session = Session(services, request, ws, claims, encoding)
+        # routing: a console without a softphone says so; clients that say nothing are offered calls
+        session.can_take_calls = hello.get("can_take_calls") is not False
+        return session
     except WireError as exc:
         await _send_then_close(ws, encoding, messages.error(exc.code, exc.message), CLOSE_FORBIDDEN, exc.message)
         return None
