@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import websockets
@@ -108,7 +110,11 @@ async def next_message(client: WsClient, kind: str, timeout: float = 15.0,
 
 
 async def start_center(aiohttp_server: Any, redis_url: str, redis: Redis, config: Config, *, instances: int = 1,
-                       clock: Any = None, **settings_extra: Any) -> OfferCenter:
+                       clock: Any = None, directory: bool = False, data_dir: Path | None = None,
+                       **settings_extra: Any) -> OfferCenter:
+    """`directory=False`: tests stand in for the customer directory by writing `cb:caller:{CallSid}` (input),
+    so the instance's own lookup is switched off; `directory=True` keeps the real lookup against the SQL store
+    in `data_dir` (tests/test_routing.py::test_owner_from_the_real_directory_gets_the_offer)."""
     api_keys = {settings_extra["twilio_api_key"]: settings_extra["twilio_api_secret"]} \
         if settings_extra.get("twilio_api_key") else {}
     emu = TwilioEmulator(account_sid=ACCOUNT, auth_token=TWILIO_TOKEN, api_keys=api_keys)
@@ -116,9 +122,13 @@ async def start_center(aiohttp_server: Any, redis_url: str, redis: Redis, config
     center = OfferCenter(emu=emu, emu_url=f"http://127.0.0.1:{emu_server.port}", redis=redis)
     for n in range(instances):
         port = free_port()
+        data = Path(tempfile.mkdtemp(prefix="cb-routing-")) if data_dir is None else data_dir
         settings = Settings(secret=SECRET, twilio_auth_token=TWILIO_TOKEN, public_url=f"http://127.0.0.1:{port}",
-                            twilio_account_sid=ACCOUNT, twilio_api_url=center.emu_url, **settings_extra)
+                            twilio_account_sid=ACCOUNT, twilio_api_url=center.emu_url, data_dir=data,
+                            **settings_extra)
         client = Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=2)
         app = build_app(config, settings, client, clock=clock, instance_id=f"inst{n}", close_redis=True)
+        if not directory:
+            app[SERVICES].callflow.caller_lookup = None
         center.servers.append(await aiohttp_server(app, host="127.0.0.1", port=port))
     return center

@@ -383,7 +383,8 @@ async def test_an_idle_hub_sends_at_once_and_a_busy_one_coalesces_within_the_tic
 
 def test_extra_agent_fields_pass_through_the_mirror_and_reach_snapshots_and_deltas() -> None:
     """Fields another room adds to the public agent record (routing's `ringing`, `missed_offers`) need no
-    change in the fan-out: they are mirrored, snapshotted, diffed, and removed when an entry drops them."""
+    change in the fan-out: they are mirrored, snapshotted and diffed; a presence entry that does not carry
+    them clears only presence's own fields (absent = null), never another room's."""
     async def scenario() -> None:
         config = big_config(6)
         clock = FakeClock()
@@ -401,11 +402,12 @@ def test_extra_agent_fields_pass_through_the_mirror_and_reach_snapshots_and_delt
         snap = hub.snapshot({"all"})["agents"]["ag001"]
         assert snap["ringing"] is True and snap["missed_offers"] == 1
         changes = Changes()
-        mirror.apply_entry("agent", "ag001", {**base, "seq": 4, "missed_offers": 2}, changes)  # ringing dropped
+        mirror.apply_entry("agent", "ag001", {"state": "away", "seq": 4, "missed_offers": 2}, changes)
         hub.notify(changes)
         hub.flush()
         snap = hub.snapshot({"all"})["agents"]["ag001"]
-        assert "ringing" not in snap and snap["missed_offers"] == 2
+        assert snap["ringing"] is True and snap["missed_offers"] == 2  # another room's field stays
+        assert snap["state"] == "away" and "since_ms" not in snap and "connections" not in snap  # absent = null
         document = first
         while sub.outbox:
             message = sub.outbox.popleft().obj

@@ -2,7 +2,8 @@
 
 Each test's center is real callboard on loopback with the test Redis; Twilio is the emulator
 (simulator/twilio_api.py), never a mock of callboard. The directory lookup's key `cb:caller:{CallSid}` is
-written by the test where it matters: it is input (the customers helper's lookup), not the code under test.
+written by the test where it matters: it is input standing for the directory, not the code under test (one
+test, test_owner_from_the_real_directory_gets_the_offer, runs the real directory lookup instead).
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import aiohttp
 import pytest
 
 from callboard import keys
 from callboard.clock import FakeClock
 from callboard.services import SERVICES
+from tests.conftest import token
 from tests.routing_support import OfferCenter, next_message, offer_config, start_center
 
 
@@ -23,9 +26,10 @@ async def center_factory(aiohttp_server: Any, redis_url: str, redis: Any) -> Any
     centers: list[OfferCenter] = []
 
     async def make(instances: int = 1, clock: Any = None, server: dict[str, Any] | None = None,
-                   **routing: Any) -> OfferCenter:
+                   directory: bool = False, **routing: Any) -> OfferCenter:
         config = offer_config(server=server, **routing) if server else offer_config(**routing)
-        center = await start_center(aiohttp_server, redis_url, redis, config, instances=instances, clock=clock)
+        center = await start_center(aiohttp_server, redis_url, redis, config, instances=instances, clock=clock,
+                                    directory=directory)
         centers.append(center)
         return center
 
@@ -113,6 +117,23 @@ async def test_owner_first_then_team_then_queue(center_factory: Any) -> None:
     nobody = await center.caller(info={"withheld": True, "customers": [], "owner": None, "owner_team": None})
     offer = await next_message(dave, "offer")
     assert offer["call_sid"] == nobody.sid and offer["withheld"] is True
+
+
+async def test_owner_from_the_real_directory_gets_the_offer(center_factory: Any) -> None:
+    """No stand-in: the customer is created through the directory API (SQLite), the instance's own lookup at
+    `incoming` finds the owner, and the owner is offered the caller although alice waited longer."""
+    center = await center_factory(directory=True)
+    await center.agent("alice")
+    await asyncio.sleep(0.01)
+    bob = await center.agent("bob")
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token('alice')}"}) as http:
+        resp = await http.post(f"{center.base()}/api/customers",
+                               json={"name": "Taro Suzuki", "phones": ["+1 (650) 253-0000"], "owner": "bob"})
+        assert resp.status == 201, await resp.text()
+    caller = await center.caller("+16502530000")
+    offer = await next_message(bob, "offer")
+    assert offer["call_sid"] == caller.sid
+    assert [c["name"] for c in offer["customers"]] == ["Taro Suzuki"]
 
 
 async def test_caller_without_lookup_is_routed_after_the_wait(center_factory: Any) -> None:

@@ -75,13 +75,14 @@ class Mirror:
             if entry is None:
                 return
             self._count(entry, -1)
-            for name in entry.keys() - STATIC_AGENT_FIELDS - data.keys():
-                entry[name] = None  # cmsgpack drops nil fields: absent means null
+            # cmsgpack drops nil fields: a presence field absent from the entry is null. Fields other rooms
+            # keep in the entry (routing's `ringing`, `missed_offers`) are not presence's to clear.
+            for name in PUBLIC_AGENT_FIELDS:
+                if name not in data:
+                    entry[name] = None
             for name, value in data.items():
                 if name not in STATIC_AGENT_FIELDS:
                     entry[name] = value
-            for name in PUBLIC_AGENT_FIELDS:
-                entry.setdefault(name, None)
             if entry["state"] not in STATES:
                 entry["state"] = OFFLINE
             self._count(entry, +1)

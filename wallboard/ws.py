@@ -52,7 +52,8 @@ def _reset_on_close(transport: asyncio.Transport | None) -> None:
 class Session:
     """One authenticated websocket: its claims and its subscriber."""
 
-    __slots__ = ("services", "transport", "ws", "claims", "conn_id", "sub", "closer", "closing", "bad_in_a_row")
+    __slots__ = ("services", "transport", "ws", "claims", "conn_id", "sub", "closer", "closing", "bad_in_a_row",
+                 "can_take_calls")
 
     def __init__(self, services: Services, request: web.Request, ws: web.WebSocketResponse, claims: Any,
                  encoding: str) -> None:
