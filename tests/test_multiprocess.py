@@ -305,7 +305,11 @@ async def test_a_drain_writes_every_disconnect_before_releasing_its_lease(make_i
     server = await make_instance(instance_id="D")
     services = server.app[SERVICES]
     softphones = [await connect(server, token(a)) for a in ("alice", "bob", "carol", "dave")]
-    for a in ("alice", "bob", "carol", "dave"):
+    for a in ("alice", "bob", "carol", "dave"):  # registrations are group-committed: wait until they land
+        for _ in range(250):
+            if (await services.presence.read_agent(a)).connections == 1:
+                break
+            await asyncio.sleep(0.02)
         assert (await services.presence.read_agent(a)).connections == 1
     original = services.presence.apply
 
