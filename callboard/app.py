@@ -28,6 +28,9 @@ from wallboard.hub import Hub
 from wallboard.metrics import Metrics
 from wallboard.mirror import Mirror
 from wallboard.shared_gauges import shared_state_collector
+from webhooks import api as webhooks_api
+from webhooks.config import resolve_secrets
+from webhooks.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +69,7 @@ def build_services(config: Config, settings: Settings, redis: Redis, *, clock: C
                         insecure=settings.insecure_dev, metrics=metrics, staffed=mirror.staffed)
     services = Services(config=config, settings=settings, clock=clock, redis=redis, metrics=metrics, presence=presence,
                         batcher=batcher, liveness=liveness, mirror=mirror, hub=hub, follower=follower, callflow=callflow)
+    services.outbox = _outbox(config, redis, metrics)
     metrics.build_info.labels(__version__, liveness.instance_id).set(1)
     metrics.add_shared_state(shared_state_collector(services))
     return services
@@ -79,6 +83,7 @@ def build_app(config: Config, settings: Settings, redis: Redis, *, clock: Clock 
     app[SERVICES] = services
     app.add_routes(api.routes())
     app.add_routes(services.callflow.routes())
+    app.add_routes(webhooks_api.routes())
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         s = app[SERVICES]
@@ -93,6 +98,8 @@ def build_app(config: Config, settings: Settings, redis: Redis, *, clock: Clock 
         s.start(s.hub.run_queue_ticker(), "queue-ticker")
         s.start(s.callflow.run_spool(), "callflow-spool")
         s.start(_pending_gauge(s), "pending-gauge")
+        if s.outbox is not None:
+            s.start(s.outbox.run(), "webhooks")
         try:
             await asyncio.wait_for(s.follower.caught_up.wait(), timeout=5.0)
             s.hub.reset_published()
@@ -120,6 +127,14 @@ async def _pending_gauge(s: Services) -> None:
         s.metrics.spool_depth.set(s.callflow.spool_depth)
         s.metrics.follower_lag.set(s.follower.lag_s())
         await asyncio.sleep(1.0)
+
+
+def _outbox(config: Config, redis: Redis, metrics: Metrics) -> Outbox | None:
+    """The webhook outbox when [[webhooks]] are configured (secrets from the environment, see webhooks/config.py)."""
+    if not config.webhooks:
+        return None
+    secrets, problems = resolve_secrets(config.webhooks)
+    return Outbox(redis, config.webhooks, secrets, secret_problems=problems, registry=metrics.registry)
 
 
 def redis_client(url: str) -> Redis:

@@ -55,6 +55,7 @@ class Center:
     caller_id: str | None = None
     away_reasons: tuple[str, ...] = ("break", "lunch", "meeting", "training")
     call_retention_days: int = 7
+    records_retention_days: int = 400  # call records and agent-state history in SQL (records/), pruned daily
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +101,7 @@ class Config:
     teams: tuple[str, ...]
     server: Server = field(default_factory=Server)
     source: str = "<built-in demo center>"
+    webhooks: tuple[Any, ...] = ()  # webhooks.config.Endpoint, from [[webhooks]]
     agents_by_id: dict[str, Agent] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -128,7 +130,7 @@ _QUEUE_KEYS = {f for f in Queue.__dataclass_fields__}
 _THRESHOLD_KEYS = {f for f in Thresholds.__dataclass_fields__}
 _AGENT_KEYS = {"id", "name", "team", "queues"}
 _TEAM_KEYS = {"name"}
-_TOP_KEYS = {"center", "server", "queues", "agents", "teams"}
+_TOP_KEYS = {"center", "server", "queues", "agents", "teams", "webhooks"}
 
 
 def load_config(path: str | Path | None) -> Config:
@@ -229,7 +231,17 @@ def parse_config(raw: dict[str, Any], source: str) -> Config:
                 raise ConfigError(source, f"{key}.queues", f"unknown queue {q!r}")
         agents.append(Agent(id=agent_id, name=name, team=team, queues=tuple(agent_queues)))
 
-    return Config(center=center, queues=tuple(queues), agents=tuple(agents), teams=tuple(teams), server=server, source=source)
+    return Config(center=center, queues=tuple(queues), agents=tuple(agents), teams=tuple(teams), server=server, source=source,
+                  webhooks=_webhooks(raw.get("webhooks"), source))
+
+
+def _webhooks(raw: Any, source: str) -> tuple[Any, ...]:
+    from webhooks.config import WebhookConfigError, parse_webhooks  # webhooks/ imports nothing of the shell
+
+    try:
+        return parse_webhooks(raw)
+    except WebhookConfigError as exc:
+        raise ConfigError(source, exc.key, exc.problem) from None
 
 
 class _Validator:

@@ -67,3 +67,19 @@ FACTS = PREFIX + "facts"
 def facts() -> str:
     """The facts stream the recorder consumes (never trimmed by writers)."""
     return FACTS
+
+
+# Outgoing webhooks (webhooks/): one hash per delivery (an event to one endpoint), a due-time sorted set per
+# endpoint (so one dead endpoint's backlog never sits in front of another's), and two indexes for the API.
+WEBHOOK_LOG = PREFIX + "wh:log"  # sorted set: delivery id by created ms
+WEBHOOK_FAILED = PREFIX + "wh:failed"  # sorted set: deliveries that gave up, by the ms they gave up
+
+
+def webhook_delivery(delivery_id: str) -> str:
+    """Hash of one delivery: endpoint, msg (webhook-id), type, body, status, attempts, last_status, ..."""
+    return f"{PREFIX}wh:d:{delivery_id}"
+
+
+def webhook_due(endpoint: str) -> str:
+    """Sorted set of an endpoint's deliveries waiting for an attempt: member = delivery id, score = due ms."""
+    return f"{PREFIX}wh:due:{endpoint}"
