@@ -22,6 +22,8 @@ from presence.batcher import Batcher
 from presence.liveness import Liveness
 from presence.rules import Settings as RuleSettings
 from presence.store import PresenceStore
+from store import runtime as store_runtime
+from store.db import Database
 from wallboard import api
 from wallboard.follower import Follower
 from wallboard.hub import Hub
@@ -38,7 +40,7 @@ MAX_BODY_BYTES = 64 * 1024  # webhooks and API bodies are small; bigger ones are
 
 
 def build_services(config: Config, settings: Settings, redis: Redis, *, clock: Clock | None = None,
-                   instance_id: str | None = None) -> Services:
+                   instance_id: str | None = None, db: Database | None = None) -> Services:
     clock = clock or Clock()
     center = config.center
     metrics = Metrics(queues=[q.name for q in config.queues], sl_thresholds_s=[center.sl_threshold_s])
@@ -69,6 +71,7 @@ def build_services(config: Config, settings: Settings, redis: Redis, *, clock: C
                         insecure=settings.insecure_dev, metrics=metrics, staffed=mirror.staffed)
     services = Services(config=config, settings=settings, clock=clock, redis=redis, metrics=metrics, presence=presence,
                         batcher=batcher, liveness=liveness, mirror=mirror, hub=hub, follower=follower, callflow=callflow)
+    services.db = db or Database.from_url(settings.database_url, data_dir=settings.data_dir)
     services.outbox = _outbox(config, redis, metrics)
     metrics.build_info.labels(__version__, liveness.instance_id).set(1)
     metrics.add_shared_state(shared_state_collector(services))
@@ -76,9 +79,12 @@ def build_services(config: Config, settings: Settings, redis: Redis, *, clock: C
 
 
 def build_app(config: Config, settings: Settings, redis: Redis, *, clock: Clock | None = None,
-              instance_id: str | None = None, close_redis: bool = False) -> web.Application:
-    """The aiohttp app of one instance. Background tasks start and stop with the app (cleanup_ctx)."""
-    services = build_services(config, settings, redis, clock=clock, instance_id=instance_id)
+              instance_id: str | None = None, close_redis: bool = False, db: Database | None = None) -> web.Application:
+    """The aiohttp app of one instance. Background tasks start and stop with the app (cleanup_ctx).
+
+    A `db` passed in belongs to the caller (tests share one); otherwise the app makes and disposes its own.
+    """
+    services = build_services(config, settings, redis, clock=clock, instance_id=instance_id, db=db)
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[api.refusals])
     app[SERVICES] = services
     app.add_routes(api.routes())
@@ -98,6 +104,7 @@ def build_app(config: Config, settings: Settings, redis: Redis, *, clock: Clock 
         s.start(s.hub.run_queue_ticker(), "queue-ticker")
         s.start(s.callflow.run_spool(), "callflow-spool")
         s.start(_pending_gauge(s), "pending-gauge")
+        await _start_database(s)
         if s.outbox is not None:
             s.start(s.outbox.run(), "webhooks")
         try:
@@ -111,6 +118,8 @@ def build_app(config: Config, settings: Settings, redis: Redis, *, clock: Clock 
         await s.batcher.stop()
         if close_redis:
             await s.redis.aclose()
+        if db is None and s.db is not None:
+            await s.db.dispose()
 
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(_on_shutdown)
@@ -119,6 +128,21 @@ def build_app(config: Config, settings: Settings, redis: Redis, *, clock: Clock 
 
 async def _on_shutdown(app: web.Application) -> None:
     await app[SERVICES].drain()
+
+
+async def _start_database(s: Services) -> None:
+    """Migrations at start-up (never blocking the real-time service for long) and the SQLite-sharing check."""
+    db = s.db
+    if db is None:
+        return
+    if not db.migrated and not await store_runtime.migrate_at_start(db):
+        s.start(store_runtime.migrate_until_done(db), "database-migrations")
+
+    def report(problem: str | None) -> None:
+        s.database_misconfigured = problem
+
+    s.start(store_runtime.watch_sqlite_sharing(db, s.redis, s.clock, s.config.server.lease_renew_s, report),
+            "sqlite-sharing-check")
 
 
 async def _pending_gauge(s: Services) -> None:

@@ -63,6 +63,12 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--queues", help="comma-separated queues a wallboard/supervisor token may see")
     token.add_argument("--teams", help="comma-separated teams a wallboard/supervisor token may see")
     token.set_defaults(func=_cmd_token)
+
+    db = sub.add_parser("db", help="the SQL database: apply or inspect schema migrations (DATABASE_URL)")
+    db.add_argument("action", choices=("upgrade", "downgrade", "current", "history"),
+                    help="upgrade (to head, or --revision), downgrade (to --revision), current, history")
+    db.add_argument("--revision", help="target revision (upgrade: default head; downgrade: required, 'base' for empty)")
+    db.set_defaults(func=_cmd_db)
     return parser
 
 
@@ -111,6 +117,44 @@ def _cmd_token(args: argparse.Namespace) -> int:
 
 def _csv(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def _cmd_db(args: argparse.Namespace) -> int:
+    from callboard.services import Settings
+    from store import migrate
+    from store.db import Database, DatabaseUrlError
+
+    if args.action == "history":
+        for revision in migrate.history():
+            print(revision)
+        return 0
+    if args.action == "downgrade" and not args.revision:
+        print("callboard: db downgrade needs --revision (a revision id, or 'base' to empty the schema)", file=sys.stderr)
+        return 2
+    settings = Settings.from_env()
+    try:
+        db = Database.from_url(settings.database_url, data_dir=settings.data_dir)
+    except DatabaseUrlError as exc:
+        print(f"callboard: {exc}", file=sys.stderr)
+        return 2
+
+    async def run() -> str | None:
+        try:
+            if args.action == "upgrade":
+                await db.upgrade(args.revision or "head")
+            elif args.action == "downgrade":
+                await db.downgrade(args.revision)
+            return await db.current()
+        finally:
+            await db.dispose()
+
+    try:
+        current = asyncio.run(run())
+    except Exception as exc:  # noqa: BLE001 - the command line's boundary: one English line, exit 1
+        print(f"callboard: database {db.describe()}: {exc}", file=sys.stderr)
+        return 1
+    print(f"{db.describe()}: at revision {current or 'base (empty)'}")
+    return 0
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from presence.batcher import Batcher
     from presence.liveness import Liveness
     from presence.store import PresenceStore
+    from store.db import Database
     from wallboard.follower import Follower
     from wallboard.hub import Hub
     from wallboard.metrics import Metrics
@@ -53,6 +54,7 @@ class Settings:
     twilio_twiml_app_sid: str | None = None
     data_dir: Path = Path(".callboard")
     insecure_dev: bool = False
+    database_url: str | None = None  # None: SQLite at <data_dir>/callboard.db (store/db.py)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
@@ -69,6 +71,7 @@ class Settings:
             "twilio_api_secret": env.get("TWILIO_API_SECRET") or None,
             "twilio_twiml_app_sid": env.get("TWILIO_TWIML_APP_SID") or None,
             "data_dir": Path(env.get("CALLBOARD_DATA", ".callboard")),
+            "database_url": env.get("DATABASE_URL") or None,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
@@ -108,6 +111,9 @@ class Services:
     sessions: set[Any] = field(default_factory=set)
     draining: bool = False
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    db: Database | None = None
+    # Set while several live instances share this Redis and this one keeps its records in SQLite.
+    database_misconfigured: str | None = None
 
     @property
     def secret(self) -> str:
@@ -136,6 +142,8 @@ class Services:
             problems.append(f"Redis unreachable; {self.callflow.spool_depth} call events spooled")
         if not self.liveness.lease_held:
             problems.append("no instance lease yet")
+        if self.database_misconfigured:
+            problems.append(self.database_misconfigured)
         return problems
 
     def start(self, coro: Coroutine[Any, Any, Any], name: str) -> None:

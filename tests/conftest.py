@@ -108,10 +108,11 @@ def token(sub: str, role: str = "agent", **kw: Any) -> str:
 
 
 @pytest.fixture
-def settings() -> Any:
+def settings(tmp_path: Path) -> Any:
     from callboard.services import Settings
 
-    return Settings(secret=SECRET, twilio_auth_token=TWILIO_TOKEN, public_url=None)
+    # data_dir in the test's temp dir: an instance's default SQLite database never lands in the checkout.
+    return Settings(secret=SECRET, twilio_auth_token=TWILIO_TOKEN, public_url=None, data_dir=tmp_path / "data")
 
 
 AppFactory = Callable[..., Awaitable[Any]]
@@ -123,10 +124,10 @@ async def make_instance(redis_url: str, redis: Redis, aiohttp_server: Any, setti
     from callboard.app import build_app
 
     async def factory(config: Config | None = None, *, clock: Any = None, instance_id: str | None = None,
-                      app_settings: Any = None, url: str | None = None) -> Any:
+                      app_settings: Any = None, url: str | None = None, db: Any = None) -> Any:
         client = Redis.from_url(url or redis_url, socket_timeout=10, socket_connect_timeout=2)
         app = build_app(config or make_config(), app_settings or settings, client, clock=clock,
-                        instance_id=instance_id, close_redis=True)
+                        instance_id=instance_id, close_redis=True, db=db)
         return await aiohttp_server(app)
 
     yield factory
@@ -210,3 +211,66 @@ def redis_server_factory() -> Iterator[Callable[..., tuple[subprocess.Popen[byte
             proc.wait(5)
     for tmp in dirs:
         tmp.cleanup()
+
+
+# --- SQL store (store/db.py): the `db` fixture, on SQLite and on PostgreSQL -------------------------------
+
+_MIGRATED_DATABASES: dict[str, list[str]] = {}  # backend -> its tables, children first (emptied per test)
+
+
+@pytest.fixture(scope="session")
+def sqlite_test_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('sqlite') / 'callboard-test.db'}"
+
+
+def postgres_test_url() -> str:
+    """TEST_DATABASE_URL; without it the PostgreSQL half skips locally and fails under CI=true."""
+    url = os.environ.get("TEST_DATABASE_URL")
+    if url:
+        return url
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail("CI=true but TEST_DATABASE_URL is not set: the PostgreSQL half of the store tests must run")
+    pytest.skip("PostgreSQL store tests need TEST_DATABASE_URL=postgresql://... (.ci/run sets it)")
+
+
+async def open_test_database(backend: str, sqlite_url: str) -> Any:
+    """A migrated (once per session and backend), emptied Database."""
+    from sqlalchemy import MetaData, text
+
+    from store.db import Database
+
+    url = sqlite_url if backend == "sqlite" else postgres_test_url()
+    db = Database.from_url(url)
+    try:
+        if backend not in _MIGRATED_DATABASES:
+            await db.upgrade()
+
+            def table_order(conn: Any) -> list[str]:
+                reflected = MetaData()
+                reflected.reflect(conn)
+                return [t.name for t in reversed(reflected.sorted_tables) if t.name != "alembic_version"]
+
+            async with db.connect() as conn:
+                _MIGRATED_DATABASES[backend] = await conn.run_sync(table_order)
+        db.migrated = True
+        tables = _MIGRATED_DATABASES[backend]
+        async with db.begin() as conn:
+            if db.is_postgres and tables:
+                await conn.execute(text("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " CASCADE"))
+            else:
+                for table in tables:
+                    await conn.execute(text(f'DELETE FROM "{table}"'))
+    except BaseException:
+        await db.dispose()
+        raise
+    return db
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def db(request: pytest.FixtureRequest, sqlite_test_url: str) -> AsyncIterator[Any]:
+    """A migrated, emptied store.db.Database, once on SQLite and once on PostgreSQL (TEST_DATABASE_URL)."""
+    database = await open_test_database(request.param, sqlite_test_url)
+    try:
+        yield database
+    finally:
+        await database.dispose()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import time
 from pathlib import Path
@@ -24,6 +25,11 @@ from callboard import keys
 from tests.conftest import SECRET, TWILIO_TOKEN, token
 from tests.procs import ProcessGroup, parse_samples, scrape, serve_env, write_config
 from wallboard.patch import apply
+
+# Several instances on one Redis must share one SQL database (SQLite there is refused by /readyz). This
+# test is about the real-time path, which never touches SQL: without a test PostgreSQL an unreachable one
+# does (and shows that a database outage does not disturb presence or the wallboard).
+SHARED_DATABASE_URL = os.environ.get("TEST_DATABASE_URL") or "postgresql://postgres@127.0.0.1:9/unreachable"
 
 LEASE_RENEW_S, LEASE_TTL_S, SWEEP_EVERY_S, GRACE_S = 0.5, 1.5, 0.2, 3
 TEAMS = ("support", "sales")
@@ -187,7 +193,7 @@ async def test_three_processes_kill_one_drain_one_nobody_else_notices(procs: Pro
         data.mkdir()
         servers.append(procs.spawn(f"cb{n}", config, serve_env(
             redis_url=redis_url, data_dir=data, secret=SECRET, twilio_auth_token=TWILIO_TOKEN,
-            public_url="https://callboard.example.com")))
+            public_url="https://callboard.example.com", DATABASE_URL=SHARED_DATABASE_URL)))
     await asyncio.gather(*(s.wait_ready() for s in servers))
     urls = [s.ws_url for s in servers]
     killed, drained, survivor = servers[KILLED], servers[DRAINED], servers[SURVIVOR]
