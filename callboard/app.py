@@ -22,6 +22,8 @@ from presence.batcher import Batcher
 from presence.liveness import Liveness
 from presence.rules import Settings as RuleSettings
 from presence.store import PresenceStore
+from records import api as records_api
+from records.recorder import Recorder
 from store import runtime as store_runtime
 from store.db import Database
 from wallboard import api
@@ -73,6 +75,8 @@ def build_services(config: Config, settings: Settings, redis: Redis, *, clock: C
                         batcher=batcher, liveness=liveness, mirror=mirror, hub=hub, follower=follower, callflow=callflow)
     services.db = db or Database.from_url(settings.database_url, data_dir=settings.data_dir)
     services.outbox = _outbox(config, redis, metrics)
+    services.recorder = Recorder(redis, services.db, config, consumer=liveness.instance_id, outbox=services.outbox,
+                                 registry=metrics.registry)
     metrics.build_info.labels(__version__, liveness.instance_id).set(1)
     metrics.add_shared_state(shared_state_collector(services))
     return services
@@ -90,6 +94,7 @@ def build_app(config: Config, settings: Settings, redis: Redis, *, clock: Clock 
     app.add_routes(api.routes())
     app.add_routes(services.callflow.routes())
     app.add_routes(webhooks_api.routes())
+    app.add_routes(records_api.routes())
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         s = app[SERVICES]
@@ -107,6 +112,7 @@ def build_app(config: Config, settings: Settings, redis: Redis, *, clock: Clock 
         await _start_database(s)
         if s.outbox is not None:
             s.start(s.outbox.run(), "webhooks")
+        s.start(s.recorder.run(), "recorder")
         try:
             await asyncio.wait_for(s.follower.caught_up.wait(), timeout=5.0)
             s.hub.reset_published()
