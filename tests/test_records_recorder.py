@@ -1,0 +1,134 @@
+"""The recorder under failure: an instance crash (before or after its SQL commit) and a database outage.
+
+Nothing is lost and nothing is doubled: the records equal those of an undisturbed run, fact rows are not
+duplicated, and the stream empties once everything is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+from redis.asyncio import Redis
+from sqlalchemy import func, select
+
+from callboard import keys
+from records import queries, schema
+from records import recorder as recorder_mod
+from records.recorder import GROUP, Recorder
+from store.db import Database
+from tests.test_callflow_day import make_harness, scripted_day
+from tests.test_records_day import EXPECTED_RECORDS, FIELDS, stream_facts
+
+
+async def rows(db: Any, table: Any) -> int:
+    async with db.connect() as conn:
+        return int((await conn.execute(select(func.count()).select_from(table))).scalar() or 0)
+
+
+async def assert_exact(db: Any) -> None:
+    for call_sid, expected in EXPECTED_RECORDS.items():
+        rec = await queries.get_call(db, call_sid)
+        assert rec is not None and {k: rec[k] for k in FIELDS} == expected, call_sid
+    assert await rows(db, schema.calls) == len(EXPECTED_RECORDS)
+
+
+async def drain(rec: Recorder) -> None:
+    while await rec.step():
+        pass
+
+
+@pytest.mark.parametrize("commit_first", [False, True], ids=["crash-before-commit", "crash-after-commit"])
+async def test_a_crashed_instances_facts_are_taken_over_without_loss_or_doubles(
+        aiohttp_client: Any, redis: Redis, db: Any, monkeypatch: pytest.MonkeyPatch, commit_first: bool) -> None:
+    monkeypatch.setattr(recorder_mod, "CLAIM_IDLE_MS", 200)
+    h = await make_harness(aiohttp_client, redis)
+    await h.run(scripted_day())
+    facts = await stream_facts(redis)
+    call_facts = sum(1 for f in facts if "call_sid" in f)
+    state_facts = sum(1 for f in facts if f["type"] == "agent.state")
+
+    doomed = Recorder(redis, db, h.config, consumer="doomed")
+    taken = await doomed.read(count=40)  # delivered to "doomed", which dies before acknowledging
+    assert len(taken) == 40
+    if commit_first:
+        await doomed.write(taken)  # the SQL commit landed; the XACK never did
+    survivor = Recorder(redis, db, h.config, consumer="survivor")
+    await drain(survivor)  # everything but the dead consumer's pending facts
+    assert (await redis.xpending(keys.facts(), GROUP))["pending"] == 40
+    await asyncio.sleep(0.3)  # the dead consumer's facts go idle
+    await drain(survivor)
+    assert (await redis.xpending(keys.facts(), GROUP))["pending"] == 0
+    await assert_exact(db)
+    assert await rows(db, schema.call_facts) == call_facts
+    assert await rows(db, schema.agent_states) == state_facts
+    assert await redis.xlen(keys.facts()) == 0
+
+
+def _admin_and_scratch(url: str, name: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return (urlunsplit(parts._replace(path="/postgres")).replace("postgresql://", "postgresql://", 1),
+            urlunsplit(parts._replace(path=f"/{name}")))
+
+
+async def test_a_database_outage_loses_nothing(aiohttp_client: Any, redis: Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PostgreSQL goes away (its database renamed under the recorder) mid-day and comes back."""
+    import asyncpg
+
+    from tests.conftest import postgres_test_url
+
+    url = postgres_test_url()
+    monkeypatch.setattr(recorder_mod, "RETRY_S", (0.1, 0.5))
+    monkeypatch.setattr(recorder_mod, "BLOCK_MS", 100)
+    name = f"cb_outage_{os.getpid()}"
+    admin_url, scratch_url = _admin_and_scratch(url, name)
+    admin = await asyncpg.connect(admin_url)
+    await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+    await admin.execute(f'DROP DATABASE IF EXISTS "{name}_away"')
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    db = Database.from_url(scratch_url)
+    runner: asyncio.Task[None] | None = None
+    try:
+        await db.upgrade()
+        h = await make_harness(aiohttp_client, redis)
+        rec = Recorder(redis, db, h.config, consumer="only")
+        runner = asyncio.create_task(rec.run())
+        steps = scripted_day()
+        morning = [s for s in steps if s.at_s < 3000]
+        await h.run(morning)
+        await _until(lambda: redis.xlen(keys.facts()), 0)
+
+        # the database goes away: connections cut, the database renamed
+        await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name)
+        await admin.execute(f'ALTER DATABASE "{name}" RENAME TO "{name}_away"')
+        await h.run([s for s in steps if s.at_s >= 3000])  # the webhooks keep answering meanwhile
+        waiting = await redis.xlen(keys.facts())
+        assert waiting > 0
+        await asyncio.sleep(1.0)
+        await rec.gauges()
+        assert not rec.db_ok and rec.backlog._value.get() == waiting  # facts wait in Redis, and the gauge says so
+        assert await redis.xlen(keys.facts()) == waiting
+
+        await admin.execute(f'ALTER DATABASE "{name}_away" RENAME TO "{name}"')
+        await _until(lambda: redis.xlen(keys.facts()), 0, timeout=30)
+        assert rec.db_ok
+        await assert_exact(db)
+    finally:
+        if runner is not None:
+            runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
+        await db.dispose()
+        await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname LIKE $1", f"{name}%")
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}_away"')
+        await admin.close()
+
+
+async def _until(read: Any, value: Any, timeout: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while (got := await read()) != value:
+        assert asyncio.get_running_loop().time() < deadline, f"still {got}, waiting for {value}"
+        await asyncio.sleep(0.05)
