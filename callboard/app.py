@@ -18,6 +18,7 @@ from callflow.flow import CallFlow
 from callflow.live import QueueStatsMirror
 from callflow.lua import CALL_HANDLED_HOOK
 from callflow.windows import day_key
+from customers.app import setup as customers_setup
 from presence.batcher import Batcher
 from presence.liveness import Liveness
 from presence.rules import Settings as RuleSettings
@@ -95,6 +96,7 @@ def build_app(config: Config, settings: Settings, redis: Redis, *, clock: Clock 
     app.add_routes(services.callflow.routes())
     app.add_routes(webhooks_api.routes())
     app.add_routes(records_api.routes())
+    customers_setup(app)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         s = app[SERVICES]

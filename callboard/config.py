@@ -56,6 +56,10 @@ class Center:
     away_reasons: tuple[str, ...] = ("break", "lunch", "meeting", "training")
     call_retention_days: int = 7
     records_retention_days: int = 400  # call records and agent-state history in SQL (records/), pruned daily
+    # Region for phone numbers typed without a country code (customers/phones.py). "JP": the directory's
+    # first users type Japanese national numbers (03-1234-5678) and the demo center is Japanese-flavoured;
+    # a US center sets "US". A wrong region never mis-stores silently: a number it cannot read is a 400.
+    default_region: str = "JP"
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +167,8 @@ def parse_config(raw: dict[str, Any], source: str) -> Config:
         raise ConfigError(source, "center.reset_time", f"{center.reset_time!r} is not a time like \"00:00\"")
     if center.caller_id is not None and not E164_RE.match(center.caller_id):
         raise ConfigError(source, "center.caller_id", "must be an E.164 number like +15551234567")
+    if not _known_region(center.default_region):
+        raise ConfigError(source, "center.default_region", f"{center.default_region!r} is not a region code like \"JP\" or \"US\"")
     if server.lease_ttl_s <= server.lease_renew_s:
         raise ConfigError(source, "server.lease_ttl_s", "must be longer than server.lease_renew_s")
 
@@ -242,6 +248,12 @@ def _webhooks(raw: Any, source: str) -> tuple[Any, ...]:
         return parse_webhooks(raw)
     except WebhookConfigError as exc:
         raise ConfigError(source, exc.key, exc.problem) from None
+
+
+def _known_region(region: str) -> bool:
+    import phonenumbers
+
+    return region in phonenumbers.SUPPORTED_REGIONS
 
 
 class _Validator:

@@ -83,3 +83,10 @@ def webhook_delivery(delivery_id: str) -> str:
 def webhook_due(endpoint: str) -> str:
     """Sorted set of an endpoint's deliveries waiting for an attempt: member = delivery id, score = due ms."""
     return f"{PREFIX}wh:due:{endpoint}"
+
+
+def caller(call_sid: str) -> str:
+    """JSON of the directory lookup of a caller's number, written at `incoming` (customers/lookup.py), TTL 12 h:
+    {"withheld", "customers": [pop entries], "owner", "owner_team", "directory_unavailable"?}. The pop and
+    the routing read it."""
+    return f"{PREFIX}caller:{call_sid}"

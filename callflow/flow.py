@@ -95,6 +95,8 @@ class CallFlow:
         self.auth_token = None if insecure else auth_token
         self.store = CallStore(redis, presence, config)
         self._spool: deque[CallEvent] = deque()
+        # Set by the app (customers/lookup.py): start the directory lookup of a caller; never awaited here.
+        self.caller_lookup: Callable[..., None] | None = None
         self._spool_wakeup = asyncio.Event()
         if self.auth_token is None and insecure:
             log.warning("INSECURE: Twilio webhook signatures are NOT checked (--insecure-dev); anyone who can "
@@ -174,6 +176,8 @@ class CallFlow:
 
     async def _incoming(self, request: web.Request, form: MultiDictProxy[str]) -> str:
         sid = _required(form, "CallSid")
+        if self.caller_lookup is not None:
+            self.caller_lookup(sid, form.get("From", ""))
         queue = self.config.queue_for_number(form.get("To", ""))
         staffed = self.staffed(queue.name)
         applied = await self._record(CallEvent(INCOMING, self.clock.now_ms(), {
@@ -229,6 +233,8 @@ class CallFlow:
         sid = _required(form, "CallSid")
         agent_id = request.query.get("agent")
         queue = self._queue_named(request.query.get("queue"), form)
+        if self.caller_lookup is not None:  # the incoming was missed (another outage, a lost request)
+            self.caller_lookup(sid, form.get("From", ""), only_if_missing=True)
         await self._record(CallEvent(BRIDGE, self.clock.now_ms(), {
             "sid": sid, "leg": form.get("DequeingCallSid") or None, "queue": queue.name,
             "agent": agent_id if agent_id and self.config.agent(agent_id) else None,

@@ -165,6 +165,14 @@ local function attach_agent(agent, leg, sid, c)
     if not c.end_ms then
       local pop = {type = 'pop', call_sid = sid, from = c.from, to = c.to, queue = c.queue,
                    waited_s = c.qt_ms / 1000, customers = {}}
+      -- The directory's answer (customers/lookup.py); not there yet: the lookup re-sends this pop with it.
+      local ok, caller = pcall(cjson.decode, redis.call('GET', PREFIX .. 'caller:' .. sid) or 'null')
+      if ok and type(caller) == 'table' then
+        pop.customers, pop.withheld = caller.customers or {}, caller.withheld
+        pop.directory_unavailable = caller.directory_unavailable
+      else
+        pop.lookup_pending = true
+      end
       redis.call('SET', k_pop(agent), cmsgpack.pack(pop), 'PX', TTL)
       emit('pop', agent, pop)
     end

@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import and_, or_, select
 
 from callboard.config import Config
+from customers.schema import customer_notes
 from records import schema
 from records.merge import OUTCOMES
 from records.numbers import normalize_number
@@ -144,9 +145,17 @@ async def iter_calls(db: Database, flt: CallFilter, page: int = 1000) -> AsyncIt
 
 
 async def get_call(db: Database, call_sid: str) -> dict[str, Any] | None:
+    """One record with the notes written about this call (the customers room's notes with its call_sid)."""
+    n = customer_notes.c
     async with db.connect() as conn:
         raw = (await conn.execute(select(schema.calls.c.record).where(schema.calls.c.call_sid == call_sid))).scalar()
-    return public(json.loads(raw)) if raw else None
+        if not raw:
+            return None
+        notes = (await conn.execute(select(n.id, n.customer_id, n.agent, n.text, n.at_ms)
+                                    .where(n.call_sid == call_sid).order_by(n.at_ms, n.id))).all()
+    record = public(json.loads(raw))
+    record["notes"] = [dict(r._mapping) for r in notes]
+    return record
 
 
 def public(record: dict[str, Any]) -> dict[str, Any]:

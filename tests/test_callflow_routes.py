@@ -191,7 +191,7 @@ async def test_the_pop_is_stored_for_reconnects_and_removed_when_the_call_ends(a
     await h.do(bridge(9, 1, "alice", 9))
     pop = msgpack.unpackb(await redis.get(keys.agent_pop("alice")))
     assert pop == {"type": "pop", "call_sid": sid(1), "from": "+15551230001", "to": SUPPORT, "queue": "support",
-                   "waited_s": 9, "customers": []}
+                   "waited_s": 9, "customers": [], "lookup_pending": True}  # no directory lookup in this harness
     entries = [(f[b"k"], msgpack.unpackb(f[b"d"])) for _, f in await redis.xrange(keys.CHANGES)]
     assert (b"pop", pop) in entries
     await h.do(caller_end(30, 1))

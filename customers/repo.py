@@ -1,0 +1,179 @@
+"""The directory's queries: small named functions over one AsyncConnection (SQLAlchemy Core, no ORM).
+
+Callers own the transaction (`async with db.begin() as conn`), so a view, an import batch or a lookup
+decides what is atomic. Phone lookups go through the indexed `customer_phones.e164`; substring search is
+one LIKE per term over the folded `search_text` (trigram-indexed on PostgreSQL).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+from sqlalchemy import and_, delete, func, insert, literal, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from customers import phones as ph
+from customers.fold import fold, like_pattern
+from customers.model import POP_NOTES, CustomerFields, new_id
+from customers.schema import customer_notes, customer_phones, customers
+
+MAX_SEARCH_LIMIT = 100
+_PUBLIC = (customers.c.id, customers.c.name, customers.c.kana, customers.c.company, customers.c.email,
+           customers.c.owner, customers.c.team, customers.c.external_id, customers.c.memo,
+           customers.c.created_ms, customers.c.updated_ms)
+
+
+def _customer(row: Any, phones: list[str]) -> dict[str, Any]:
+    m = row._mapping
+    return {"id": m["id"], "name": m["name"], "kana": m["kana"], "company": m["company"], "phones": phones,
+            "email": m["email"], "owner": m["owner"], "team": m["team"], "external_id": m["external_id"],
+            "memo": m["memo"], "created_ms": int(m["created_ms"]), "updated_ms": int(m["updated_ms"])}
+
+
+def _note(row: Any) -> dict[str, Any]:
+    m = row._mapping
+    return {"id": m["id"], "agent": m["agent"], "text": m["text"], "call_sid": m["call_sid"], "at_ms": int(m["at_ms"])}
+
+
+async def _phones_of(conn: AsyncConnection, ids: Iterable[str]) -> dict[str, list[str]]:
+    ids = list(ids)
+    out: dict[str, list[str]] = {i: [] for i in ids}
+    if not ids:
+        return out
+    rows = await conn.execute(
+        select(customer_phones.c.customer_id, customer_phones.c.e164)
+        .where(customer_phones.c.customer_id.in_(ids))
+        .order_by(customer_phones.c.customer_id, customer_phones.c.position))
+    for customer_id, e164 in rows:
+        out[customer_id].append(e164)
+    return out
+
+
+async def _set_phones(conn: AsyncConnection, customer_id: str, numbers: tuple[str, ...]) -> None:
+    await conn.execute(delete(customer_phones).where(customer_phones.c.customer_id == customer_id))
+    if numbers:
+        await conn.execute(insert(customer_phones), [
+            {"customer_id": customer_id, "e164": n, "position": i} for i, n in enumerate(numbers)])
+
+
+async def create(conn: AsyncConnection, fields: CustomerFields, now_ms: int, customer_id: str | None = None) -> str:
+    customer_id = customer_id or new_id()
+    await conn.execute(insert(customers).values(id=customer_id, created_ms=now_ms, updated_ms=now_ms, **fields.row()))
+    await _set_phones(conn, customer_id, fields.phones)
+    return customer_id
+
+
+async def replace(conn: AsyncConnection, customer_id: str, fields: CustomerFields, now_ms: int) -> bool:
+    """Replace the editable fields; False if there is no such customer."""
+    result = await conn.execute(update(customers).where(customers.c.id == customer_id)
+                                .values(updated_ms=now_ms, **fields.row()))
+    if result.rowcount == 0:
+        return False
+    await _set_phones(conn, customer_id, fields.phones)
+    return True
+
+
+async def remove(conn: AsyncConnection, customer_id: str) -> bool:
+    """Delete a customer, its phones and its notes (explicitly: not every SQLite connection enforces FKs)."""
+    await conn.execute(delete(customer_notes).where(customer_notes.c.customer_id == customer_id))
+    await conn.execute(delete(customer_phones).where(customer_phones.c.customer_id == customer_id))
+    result = await conn.execute(delete(customers).where(customers.c.id == customer_id))
+    return result.rowcount > 0
+
+
+async def get(conn: AsyncConnection, customer_id: str, *, notes_limit: int | None = 200) -> dict[str, Any] | None:
+    """The customer with its notes, newest first."""
+    row = (await conn.execute(select(*_PUBLIC).where(customers.c.id == customer_id))).first()
+    if row is None:
+        return None
+    out = _customer(row, (await _phones_of(conn, [customer_id]))[customer_id])
+    out["notes"] = await notes(conn, customer_id, limit=notes_limit)
+    return out
+
+
+async def id_by_external_id(conn: AsyncConnection, external_id: str) -> str | None:
+    return (await conn.execute(select(customers.c.id).where(customers.c.external_id == external_id))).scalar()
+
+
+async def exists(conn: AsyncConnection, customer_id: str) -> bool:
+    return (await conn.execute(select(customers.c.id).where(customers.c.id == customer_id))).first() is not None
+
+
+async def notes(conn: AsyncConnection, customer_id: str, *, limit: int | None = None) -> list[dict[str, Any]]:
+    query = (select(customer_notes).where(customer_notes.c.customer_id == customer_id)
+             .order_by(customer_notes.c.at_ms.desc(), customer_notes.c.id.desc()))
+    if limit is not None:
+        query = query.limit(limit)
+    return [_note(r) for r in await conn.execute(query)]
+
+
+async def add_note(conn: AsyncConnection, customer_id: str, agent: str, text: str, call_sid: str | None,
+                   now_ms: int) -> dict[str, Any] | None:
+    """Add a note; None if the customer does not exist. The customer's updated_ms moves too, so the pop and
+    an empty search list the customers last spoken with first."""
+    touched = await conn.execute(update(customers).where(customers.c.id == customer_id).values(updated_ms=now_ms))
+    if touched.rowcount == 0:
+        return None
+    note = {"id": new_id("nt_"), "agent": agent, "text": text, "call_sid": call_sid, "at_ms": now_ms}
+    await conn.execute(insert(customer_notes).values(customer_id=customer_id, **note))
+    return note
+
+
+async def search(conn: AsyncConnection, query: str, *, region: str, limit: int = 20) -> list[dict[str, Any]]:
+    """Customers matching every word of `query` (substring of any field), or any spelling of a number."""
+    limit = max(1, min(limit, MAX_SEARCH_LIMIT))
+    text = query.strip()
+    stmt = select(*_PUBLIC)
+    if text:
+        conditions = []
+        if ph.looks_like_phone(text):
+            number_digits = ph.digits(text)
+            conditions.append(customers.c.search_text.like(like_pattern(number_digits), escape="\\"))
+            e164 = ph.try_normalize(text, region)
+            if e164:
+                conditions.append(customers.c.id.in_(
+                    select(customer_phones.c.customer_id).where(customer_phones.c.e164 == e164)))
+        words = fold(text).split()
+        if words:
+            conditions.append(and_(*(customers.c.search_text.like(like_pattern(w), escape="\\") for w in words)))
+        stmt = stmt.where(or_(*conditions)).order_by(customers.c.name, customers.c.id)
+    else:
+        stmt = stmt.order_by(customers.c.updated_ms.desc(), customers.c.id)
+    rows = list(await conn.execute(stmt.limit(limit)))
+    phones = await _phones_of(conn, [r.id for r in rows])
+    return [_customer(r, phones[r.id]) for r in rows]
+
+
+async def by_phone(conn: AsyncConnection, e164: str, *, notes_limit: int = POP_NOTES) -> list[dict[str, Any]]:
+    """Pop entries of every customer whose phones hold `e164`: most recently updated first."""
+    rows = list(await conn.execute(
+        select(customers.c.id, customers.c.name, customers.c.kana, customers.c.company, customers.c.owner,
+               customers.c.team, customers.c.memo)
+        .join(customer_phones, customer_phones.c.customer_id == customers.c.id)
+        .where(customer_phones.c.e164 == e164)
+        .order_by(customers.c.updated_ms.desc(), customers.c.id)
+        .limit(20)))  # a line shared by more than 20 customers is not a person; the pop stays small
+    out = []
+    for r in rows:
+        out.append({"id": r.id, "name": r.name, "kana": r.kana, "company": r.company, "owner": r.owner,
+                    "team": r.team, "memo": r.memo, "notes": await notes(conn, r.id, limit=notes_limit)})
+    return out
+
+
+async def count(conn: AsyncConnection) -> int:
+    return int((await conn.execute(select(func.count()).select_from(customers))).scalar() or 0)
+
+
+async def stream_all(conn: AsyncConnection, batch: int = 1000) -> AsyncIterator[dict[str, Any]]:
+    """Every customer in id order, in keyset-paged batches (bounded memory, no long-held cursor)."""
+    after = ""
+    while True:
+        rows = list(await conn.execute(select(*_PUBLIC).where(customers.c.id > literal(after))
+                                       .order_by(customers.c.id).limit(batch)))
+        if not rows:
+            return
+        phones = await _phones_of(conn, [r.id for r in rows])
+        for r in rows:
+            yield _customer(r, phones[r.id])
+        after = rows[-1].id
