@@ -7,6 +7,7 @@ duplicated, and the stream empties once everything is written.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -20,7 +21,7 @@ from records import queries, schema
 from records import recorder as recorder_mod
 from records.recorder import GROUP, Recorder
 from store.db import Database
-from tests.test_callflow_day import make_harness, scripted_day
+from tests.test_callflow_day import T0, make_harness, scripted_day, sid
 from tests.test_records_day import EXPECTED_RECORDS, FIELDS, stream_facts
 
 
@@ -132,3 +133,68 @@ async def _until(read: Any, value: Any, timeout: float = 20.0) -> None:
     while (got := await read()) != value:
         assert asyncio.get_running_loop().time() < deadline, f"still {got}, waiting for {value}"
         await asyncio.sleep(0.05)
+
+
+async def test_records_carry_the_callers_customers_and_old_rows_are_pruned(aiohttp_client: Any, redis: Redis,
+                                                                           db: Any) -> None:
+    h = await make_harness(aiohttp_client, redis)
+    await h.run(scripted_day())
+    lookup = {"withheld": False, "owner": None, "owner_team": None,
+              "customers": [{"id": "c-1", "name": "Sato"}, {"id": "c-2", "name": "Sato Ltd"}]}
+    await redis.set(keys.caller(sid(1)), json.dumps(lookup))
+    await redis.set(keys.caller(sid(2)), "not json")  # garbage from elsewhere: no customers, no crash
+    rec = Recorder(redis, db, h.config, consumer="r")
+    await drain(rec)
+    assert (await queries.get_call(db, sid(1)))["customers"] == ["c-1", "c-2"]
+    assert (await queries.get_call(db, sid(2)))["customers"] == []
+    # the lookup expires (12 h); a late fact re-merges the record and keeps what was found
+    await redis.delete(keys.caller(sid(1)))
+    await redis.xadd(keys.facts(), {"f": json.dumps({"type": "call.disposition", "call_sid": sid(1), "agent": "alice",
+                                                     "disposition": "resolved", "note": None, "at_ms": T0 + 200_000})})
+    await drain(rec)
+    late = await queries.get_call(db, sid(1))
+    assert late["customers"] == ["c-1", "c-2"] and late["disposition"] == "resolved"
+
+    # retention: 400 days by default; everything of the day is older than that 401 days later
+    assert await rec.prune(now_ms=T0 + 399 * 86_400_000) == 0
+    deleted = await rec.prune(now_ms=T0 + 401 * 86_400_000)
+    assert deleted > 9 and await rows(db, schema.calls) == 0 and await rows(db, schema.agent_states) == 0
+
+
+async def test_finished_calls_and_agent_states_reach_a_webhook_receiver_once(
+        aiohttp_client: Any, aiohttp_server: Any, redis: Redis, db: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.test_webhooks_out import SECRET, Receiver, outbox_for, serve, until
+    from webhooks import outbox as outbox_mod
+
+    monkeypatch.setattr(outbox_mod, "POLL_S", 0.1)
+    monkeypatch.setattr(recorder_mod, "CLAIM_IDLE_MS", 3_600_000)
+    h = await make_harness(aiohttp_client, redis)
+    await h.run(scripted_day())
+    facts = await stream_facts(redis)
+    receiver = Receiver(SECRET)
+    box = outbox_for(redis, ("crm", await serve(aiohttp_server, receiver), SECRET))
+    doomed = Recorder(redis, db, h.config, consumer="doomed", outbox=box)
+    entries = await doomed.read(count=10_000)
+    finals, states = await doomed.write(entries)
+    await doomed.notify(finals, states)  # ... and dies before its XACK
+    monkeypatch.setattr(recorder_mod, "CLAIM_IDLE_MS", 0)
+    await drain(Recorder(redis, db, h.config, consumer="survivor", outbox=box))  # everything again
+    runner = asyncio.create_task(box.run())
+    n_states = sum(1 for f in facts if f["type"] == "agent.state")
+    try:
+        await until(lambda: len(receiver.delivered) >= 9 + n_states)
+        await asyncio.sleep(0.5)
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for _, payload in receiver.delivered:
+        by_type.setdefault(payload["type"], []).append(payload["data"])
+    assert len(receiver.delivered) == len({m for m, _ in receiver.delivered}) == 9 + n_states
+    completed = {d["call_sid"]: d for d in by_type["call.completed"]}
+    assert set(completed) == set(EXPECTED_RECORDS)
+    for call_sid, expected in EXPECTED_RECORDS.items():
+        assert {k: completed[call_sid][k] for k in FIELDS} == expected
+    assert len(by_type["agent.state_changed"]) == n_states
+    assert {"agent": "alice", "state": "on-call", "reason": None, "prev_state": "available",
+            "at_ms": T0 + 12_000} in by_type["agent.state_changed"]
