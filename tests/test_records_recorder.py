@@ -198,3 +198,44 @@ async def test_finished_calls_and_agent_states_reach_a_webhook_receiver_once(
     assert len(by_type["agent.state_changed"]) == n_states
     assert {"agent": "alice", "state": "on-call", "reason": None, "prev_state": "available",
             "at_ms": T0 + 12_000} in by_type["agent.state_changed"]
+
+
+async def test_a_locked_sqlite_database_loses_nothing(aiohttp_client: Any, redis: Redis, tmp_path: Any,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite's outage: another process holds the write lock (root may write any file, so no chmod)."""
+    import sqlite3
+
+    monkeypatch.setattr(recorder_mod, "RETRY_S", (0.1, 0.5))
+    monkeypatch.setattr(recorder_mod, "BLOCK_MS", 100)
+    path = tmp_path / "records.db"
+    db = Database.from_url(f"sqlite+aiosqlite:///{path}")
+    runner: asyncio.Task[None] | None = None
+    other = None
+    try:
+        await db.upgrade()
+        h = await make_harness(aiohttp_client, redis)
+        rec = Recorder(redis, db, h.config, consumer="only")
+        runner = asyncio.create_task(rec.run())
+        steps = scripted_day()
+        await h.run([s for s in steps if s.at_s < 3000])
+        await _until(lambda: redis.xlen(keys.facts()), 0)
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN EXCLUSIVE")  # held until we say so: every write waits 5 s, then fails
+        await h.run([s for s in steps if s.at_s >= 3000])
+        waiting = await redis.xlen(keys.facts())
+        await _until(lambda: _true(not rec.db_ok), True, timeout=30)
+        assert await redis.xlen(keys.facts()) == waiting > 0
+        other.execute("COMMIT")
+        await _until(lambda: redis.xlen(keys.facts()), 0, timeout=30)
+        await assert_exact(db)
+    finally:
+        if other is not None:
+            other.close()
+        if runner is not None:
+            runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
+        await db.dispose()
+
+
+async def _true(value: bool) -> bool:
+    return value

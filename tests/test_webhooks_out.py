@@ -268,3 +268,26 @@ async def test_failed_deliveries_are_listed_and_retried_through_the_api(
     metrics = await (await client.get("/metrics")).text()
     assert 'callboard_webhook_deliveries_total{endpoint="crm",result="failed"} 1.0' in metrics
     assert 'callboard_webhook_backlog{endpoint="crm"}' in metrics
+
+
+async def test_a_note_added_through_the_directory_reaches_the_receiver(
+        aiohttp_server: Any, aiohttp_client: Any, make_instance: Any, db: Any, fast_retries: None,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CB_TEST_HOOK_SECRET", SECRET)
+    receiver = Receiver(SECRET)
+    target = await serve(aiohttp_server, receiver)
+    config = make_config(webhooks=[{"url": target, "secret_env": "CB_TEST_HOOK_SECRET", "name": "crm",
+                                    "events": ["customer.note_added"]}])
+    client = await aiohttp_client(await make_instance(config, db=db))
+    agent = {"Authorization": f"Bearer {token('alice')}"}
+    resp = await client.post("/api/customers", json={"name": "Sato Hanako", "phones": ["03-1234-5678"]}, headers=agent)
+    assert resp.status == 201, await resp.text()
+    customer = await resp.json()
+    resp = await client.post(f"/api/customers/{customer['id']}/notes", json={"text": "called about the invoice"},
+                             headers=agent)
+    assert resp.status == 201, await resp.text()
+    note = await resp.json()
+    await until(lambda: len(receiver.delivered) == 1, timeout=15)
+    (_, payload), = receiver.delivered
+    assert payload["type"] == "customer.note_added"
+    assert payload["data"] == {"customer_id": customer["id"], **note}
