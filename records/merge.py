@@ -43,8 +43,14 @@ def _s(value_ms: int | None) -> float | None:
     return None if value_ms is None else value_ms / 1000
 
 
+MAX_MS = 32_503_680_000_000  # year 3000: a time beyond it is garbage, not a date to format
+
+
 def _int(value: Any) -> int | None:
+    """An epoch-ms time, or None for anything that is not a plausible one (bools, NaN, negative, absurd)."""
     if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        return None
+    if not 0 <= value < MAX_MS:
         return None
     return int(value)
 

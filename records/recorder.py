@@ -41,7 +41,7 @@ from callboard import keys
 from callboard.config import Config
 from callflow.windows import day_key
 from records import schema
-from records.merge import CALL_FACT_TYPES, merge_call, ms
+from records.merge import CALL_FACT_TYPES, MAX_MS, merge_call, ms
 from records.numbers import normalize_number
 from store.db import Database
 
@@ -67,6 +67,21 @@ class Entry:
 
     id: str
     fact: dict[str, Any] | None
+
+
+def at_ms_of(fact: dict[str, Any]) -> int:
+    """The fact's time for the index columns; 0 when it has none a database could store."""
+    value = fact.get("at_ms")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < MAX_MS:
+        return 0
+    return value
+
+
+def _col(value: Any, size: int) -> str | None:
+    """A string for a bounded column: cut to size, NUL removed (PostgreSQL text refuses it); else None."""
+    if not isinstance(value, str) or not value:
+        return None
+    return value.replace("\x00", "")[:size] or None
 
 
 def _text(v: Any) -> str:
@@ -201,14 +216,15 @@ class Recorder:
                 self.unreadable.inc()
                 log.error("recorder: stream entry %s is not a readable fact; acknowledged without a record", e.id)
                 continue
-            at_ms = f.get("at_ms") if isinstance(f.get("at_ms"), int) else 0
-            if f["type"] in CALL_FACT_TYPES and isinstance(f.get("call_sid"), str) and 0 < len(f["call_sid"]) <= 64:
+            at_ms = at_ms_of(f)
+            if f["type"] in CALL_FACT_TYPES and isinstance(f.get("call_sid"), str) and 0 < len(f["call_sid"]) <= 64 \
+                    and "\x00" not in f["call_sid"]:
                 call_rows.append({"fact_id": e.id, "call_sid": f["call_sid"], "at_ms": at_ms,
                                   "body": json.dumps(f, ensure_ascii=False, separators=(",", ":"))})
             elif f["type"] == "agent.state" and isinstance(f.get("agent"), str) and isinstance(f.get("state"), str):
-                state_rows.append({"fact_id": e.id, "agent": f["agent"][:121], "at_ms": at_ms, "state": f["state"][:16],
-                                   "reason": f.get("reason")[:200] if isinstance(f.get("reason"), str) else None,
-                                   "prev_state": f.get("prev_state")[:16] if isinstance(f.get("prev_state"), str) else None})
+                state_rows.append({"fact_id": e.id, "agent": _col(f["agent"], 121) or "?", "at_ms": at_ms,
+                                   "state": _col(f["state"], 16) or "?", "reason": _col(f.get("reason"), 200),
+                                   "prev_state": _col(f.get("prev_state"), 16)})
             else:
                 self.unreadable.inc()
                 log.warning("recorder: fact %s of type %r has nothing to record; acknowledged", e.id, f["type"])
@@ -265,10 +281,10 @@ class Recorder:
         row = {
             "started_ms": started,
             "day": day_key(record["entered_ms"], center.timezone, center.reset_time) if record["entered_ms"] else None,
-            "from_number": (record["from"] or None) and record["from"][:64],
-            "from_e164": normalize_number(record["from"], getattr(center, "default_region", None)),
-            "to_number": (record["to"] or None) and record["to"][:64],
-            "queue": record["queue"] and record["queue"][:64], "agent": record["agent"] and record["agent"][:121],
+            "from_number": _col(record["from"], 64),
+            "from_e164": _col(normalize_number(_col(record["from"], 64), getattr(center, "default_region", None)), 32),
+            "to_number": _col(record["to"], 64),
+            "queue": _col(record["queue"], 64), "agent": _col(record["agent"], 121),
             "outcome": record["outcome"], "entered_ms": record["entered_ms"], "answered_ms": record["answered_ms"],
             "ended_ms": record["ended_ms"], "wait_ms": ms(record["wait_s"]), "talk_ms": ms(record["talk_s"]),
             "wrap_ms": ms(record["wrap_up_s"]), "handle_ms": ms(record["handle_s"]), "final": record["final"],

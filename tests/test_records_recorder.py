@@ -239,3 +239,31 @@ async def test_a_locked_sqlite_database_loses_nothing(aiohttp_client: Any, redis
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_garbage_in_the_stream_is_counted_and_never_blocks_the_recorder(redis: Redis, db: Any) -> None:
+    """Unreadable entries are acknowledged and counted; absurd values are cut or nulled, never a stuck batch."""
+    from tests.test_callflow_day import day_config
+
+    sid_ok = "CA" + "7" * 32
+    junk: list[dict[str, Any]] = [
+        {"f": "not json"}, {"f": "[1, 2]"}, {"f": json.dumps({"no": "type"})}, {"x": "no f field"},
+        {"f": json.dumps({"type": "call.exploded", "call_sid": sid_ok, "at_ms": 1})},
+        {"f": json.dumps({"type": "call.entered", "call_sid": "CA\x00nul", "at_ms": 1})},
+        {"f": json.dumps({"type": "call.entered", "call_sid": "x" * 65, "at_ms": 1})},
+        {"f": json.dumps({"type": "call.entered", "call_sid": sid_ok, "from": "+81\x00" + "9" * 500,
+                          "to": "t" * 300, "queue": "q" * 500, "at_ms": 10**30})},
+        {"f": json.dumps({"type": "call.answered", "call_sid": sid_ok, "agent": "a\x00" * 300, "wait_s": 1e308,
+                          "at_ms": True})},
+        {"f": json.dumps({"type": "agent.state", "agent": "z" * 500, "state": "s" * 50, "reason": "\x00" * 900,
+                          "prev_state": 5, "at_ms": -5})},
+    ]
+    for fields in junk:
+        await redis.xadd(keys.facts(), fields)
+    rec = Recorder(redis, db, day_config(), consumer="r")
+    await drain(rec)
+    assert await redis.xlen(keys.facts()) == 0
+    assert rec.unreadable._value.get() == 7
+    record = await queries.get_call(db, sid_ok)
+    assert record is not None and record["entered_ms"] is None and record["outcome"] == "answered"
+    assert await rows(db, schema.agent_states) == 1
