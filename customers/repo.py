@@ -2,7 +2,7 @@
 
 Callers own the transaction (`async with db.begin() as conn`), so a view, an import batch or a lookup
 decides what is atomic. Phone lookups go through the indexed `customer_phones.e164`; substring search is
-one LIKE per term over the folded `search_text` (trigram-indexed on PostgreSQL).
+one LIKE per term over the folded `search_text` (trigram-indexed: pg_trgm on PostgreSQL, FTS5 on SQLite).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, literal, or_, select, update
+from sqlalchemy import and_, column, delete, func, insert, literal, literal_column, select, table, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from customers import phones as ph
@@ -59,7 +59,8 @@ async def _set_phones(conn: AsyncConnection, customer_id: str, numbers: tuple[st
 
 async def create(conn: AsyncConnection, fields: CustomerFields, now_ms: int, customer_id: str | None = None) -> str:
     customer_id = customer_id or new_id()
-    await conn.execute(insert(customers).values(id=customer_id, created_ms=now_ms, updated_ms=now_ms, **fields.row()))
+    await conn.execute(insert(customers).values(id=customer_id, created_ms=now_ms, updated_ms=now_ms,
+                                                **stored_row(fields, conn.dialect.name)))
     await _set_phones(conn, customer_id, fields.phones)
     return customer_id
 
@@ -67,7 +68,7 @@ async def create(conn: AsyncConnection, fields: CustomerFields, now_ms: int, cus
 async def replace(conn: AsyncConnection, customer_id: str, fields: CustomerFields, now_ms: int) -> bool:
     """Replace the editable fields; False if there is no such customer."""
     result = await conn.execute(update(customers).where(customers.c.id == customer_id)
-                                .values(updated_ms=now_ms, **fields.row()))
+                                .values(updated_ms=now_ms, **stored_row(fields, conn.dialect.name)))
     if result.rowcount == 0:
         return False
     await _set_phones(conn, customer_id, fields.phones)
@@ -111,7 +112,7 @@ async def notes(conn: AsyncConnection, customer_id: str, *, limit: int | None = 
 async def add_note(conn: AsyncConnection, customer_id: str, agent: str, text: str, call_sid: str | None,
                    now_ms: int) -> dict[str, Any] | None:
     """Add a note; None if the customer does not exist. The customer's updated_ms moves too, so the pop and
-    an empty search list the customers last spoken with first."""
+    the pop lists the customers last spoken with first."""
     touched = await conn.execute(update(customers).where(customers.c.id == customer_id).values(updated_ms=now_ms))
     if touched.rowcount == 0:
         return None
@@ -126,23 +127,72 @@ async def search(conn: AsyncConnection, query: str, *, region: str, limit: int =
     text = query.strip()
     stmt = select(*_PUBLIC)
     if text:
-        conditions = []
+        dialect = conn.dialect.name
         if ph.looks_like_phone(text):
-            number_digits = ph.digits(text)
-            conditions.append(customers.c.search_text.like(like_pattern(number_digits), escape="\\"))
             e164 = ph.try_normalize(text, region)
             if e164:
-                conditions.append(customers.c.id.in_(
+                # A whole valid number: every stored spelling of it is this E.164, so the phones index answers.
+                stmt = stmt.where(customers.c.id.in_(
                     select(customer_phones.c.customer_id).where(customer_phones.c.e164 == e164)))
-        words = fold(text).split()
-        if words:
-            conditions.append(and_(*(customers.c.search_text.like(like_pattern(w), escape="\\") for w in words)))
-        stmt = stmt.where(or_(*conditions)).order_by(customers.c.name, customers.c.id)
+            else:
+                # Part of a number (the last digits, no area code): its digits anywhere (trigrams on PostgreSQL).
+                stmt = stmt.where(_contains(ph.digits(text), dialect))
+        else:
+            stmt = stmt.where(and_(*(_contains(w, dialect) for w in fold(text).split())))
+        # `name || ''`: sort the matches, never walk the name index hoping for early ones — a rare term would
+        # visit every row in random order (measured: ~0.7 s at 100,000 customers on SQLite).
+        stmt = stmt.order_by(customers.c.name.concat(""), customers.c.id)
     else:
-        stmt = stmt.order_by(customers.c.updated_ms.desc(), customers.c.id)
+        stmt = stmt.order_by(customers.c.name, customers.c.id)  # the name index: the first page at once
     rows = list(await conn.execute(stmt.limit(limit)))
     phones = await _phones_of(conn, [r.id for r in rows])
     return [_customer(r, phones[r.id]) for r in rows]
+
+
+_FTS = table("customers_fts", column("rowid"), column("customers_fts"))
+# SQLite stores search_text "spread": a separator before and after every character. A word of n characters
+# becomes a pattern of 2n+1, so even a 1- or 2-character word (山田, a two-kanji family name) has trigrams
+# for the FTS5 trigram index, and a spread pattern matches exactly where the word occurs.
+SPREAD = "\x1f"
+
+
+def spread(text: str) -> str:
+    return SPREAD + "".join(c + SPREAD for c in text.replace(SPREAD, ""))
+
+
+def _fts_query(word: str) -> str:
+    """FTS5 query for a word in spread text: every adjacent pair "a␟b" (one trigram each, about as selective
+    as a bigram) must be there; the separator-only trigrams "␟a␟" are in most rows and only slow the
+    intersection, so a single character is the one case that uses one."""
+    chars = word.replace(SPREAD, "")
+    grams = [chars[i] + SPREAD + chars[i + 1] for i in range(len(chars) - 1)] or [spread(chars)]
+    return " AND ".join('"' + g.replace('"', '""') + '"' for g in dict.fromkeys(grams))
+
+
+def stored_row(fields: CustomerFields, dialect: str) -> dict[str, Any]:
+    """The customers row as this backend stores it (search_text spread on SQLite)."""
+    row = fields.row()
+    if dialect == "sqlite":
+        row["search_text"] = spread(row["search_text"])
+    return row
+
+
+def _contains(word: str, dialect: str) -> Any:
+    """`word` anywhere in search_text, through the trigram index of the backend where one can help.
+
+    PostgreSQL: LIKE uses the pg_trgm index; a word under 3 characters has no trigram and a LIKE would make
+    the planner read the whole index, so strpos() makes it a plain scan instead (measured 2-4x faster).
+    SQLite: the FTS5 trigram table over the spread search_text narrows to candidate rows for words of any
+    length, and LIKE re-checks each (so the index can only narrow, never add a row).
+    """
+    if dialect == "postgresql" and len(word) < 3:
+        return func.strpos(customers.c.search_text, word) > 0
+    if dialect == "sqlite":
+        pattern = spread(word)
+        candidates = select(_FTS.c.rowid).where(_FTS.c.customers_fts.op("MATCH")(_fts_query(word)))
+        like = customers.c.search_text.like(like_pattern(pattern), escape="\\")
+        return and_(literal_column("customers.rowid").in_(candidates), like)
+    return customers.c.search_text.like(like_pattern(word), escape="\\")
 
 
 async def by_phone(conn: AsyncConnection, e164: str, *, notes_limit: int = POP_NOTES) -> list[dict[str, Any]]:

@@ -213,6 +213,8 @@ function setupButtons() {
 
 function renderPop() {
   const pop = currentPop;
+  // the customer panel (static/agent-customers.js) follows the pop through this event
+  window.dispatchEvent(new CustomEvent("callboard:pop", { detail: { pop } }));
   dom.pop.classList.toggle("empty", !pop);
   dom.pop.dataset.callSid = pop?.call_sid || "";
   if (!pop) {

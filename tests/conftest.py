@@ -248,7 +248,14 @@ async def open_test_database(backend: str, sqlite_url: str) -> Any:
             def table_order(conn: Any) -> list[str]:
                 reflected = MetaData()
                 reflected.reflect(conn)
-                return [t.name for t in reversed(reflected.sorted_tables) if t.name != "alembic_version"]
+                # SQLite full-text tables and their shadow tables are kept by triggers: emptying them by hand
+                # would corrupt them (the DELETE on their content table empties them properly).
+                virtual: list[str] = []
+                if conn.dialect.name == "sqlite":
+                    virtual = [r[0] for r in conn.exec_driver_sql(
+                        "SELECT name FROM sqlite_master WHERE type = 'table' AND sql LIKE 'CREATE VIRTUAL TABLE%'")]
+                return [t.name for t in reversed(reflected.sorted_tables) if t.name != "alembic_version"
+                        and not any(t.name == v or t.name.startswith(v + "_") for v in virtual)]
 
             async with db.connect() as conn:
                 _MIGRATED_DATABASES[backend] = await conn.run_sync(table_order)

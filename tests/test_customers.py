@@ -121,7 +121,7 @@ async def test_search_by_any_field_and_any_spelling_of_a_number(db: Database) ->
     assert await ids("%") == [pct]  # LIKE wildcards are literal
     assert await ids("_") == []
     assert await ids("nobody at all") == []
-    assert len(await ids("")) == 4  # no query: the most recently updated
+    assert len(await ids("")) == 4  # no query: the first page by name
     async with db.connect() as conn:
         found = await repo.search(conn, "山田", region="JP", limit=1)
     assert len(found) == 1 and found[0]["phones"][0] == "+81312345678"
@@ -339,3 +339,28 @@ async def test_database_down_is_503_and_the_rest_of_the_service_runs(make_instan
             assert (await http.get("/api/snapshot", headers=auth(SUPERVISOR))).status == 200
     finally:
         await down.dispose()
+
+
+async def test_search_follows_edits_and_deletes(db: Database) -> None:
+    """The trigram indexes (pg_trgm; SQLite's FTS5 table kept by triggers) follow every write."""
+    cid = await _add(db, name="Watanabe Kenji", company="Orion Logistics", phones=["03-1111-2222"])
+
+    async def ids(q: str) -> list[str]:
+        async with db.connect() as conn:
+            return [c["id"] for c in await repo.search(conn, q, region="JP")]
+
+    assert await ids("logist") == [cid] and await ids("1111-22") == [cid]
+    async with db.begin() as conn:
+        await repo.replace(conn, cid, parse_customer({"name": "Watanabe Kenji", "company": "Vega Freight",
+                                                      "phones": ["03-3333-4444"]}, region="JP"), 2000)
+    assert await ids("logist") == [] and await ids("1111-22") == []
+    assert await ids("freight") == [cid] and await ids("3333-44") == [cid]
+    async with db.begin() as conn:
+        await repo.add_note(conn, cid, "alice", "x", None, 3000)  # touches updated_ms only
+    assert await ids("freight") == [cid]
+    if db.is_sqlite:
+        async with db.begin() as conn:  # FTS5 raises if its index and the customers table disagree
+            await conn.exec_driver_sql("INSERT INTO customers_fts(customers_fts, rank) VALUES ('integrity-check', 1)")
+    async with db.begin() as conn:
+        await repo.remove(conn, cid)
+    assert await ids("freight") == [] and await ids("watanabe") == []

@@ -165,3 +165,28 @@ async def test_two_instances_with_sqlite_on_one_redis_are_not_ready(make_instanc
             break
         await asyncio.sleep(0.1)
     assert first.app[SERVICES].database_misconfigured is None
+
+
+def test_callboard_db_command_upgrades_reports_and_downgrades(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from callboard.cli import main
+
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.setenv("CALLBOARD_DATA", str(tmp_path / "data"))
+    assert main(["db", "history"]) == 0
+    assert capsys.readouterr().out.split() == migrate.history()
+    assert main(["db", "current"]) == 0
+    assert "at revision base (empty)" in capsys.readouterr().out
+    assert main(["db", "upgrade"]) == 0
+    out = capsys.readouterr().out
+    assert f"SQLite at {(tmp_path / 'data' / 'callboard.db').resolve()}: at revision {migrate.head()}" in out
+    assert main(["db", "downgrade"]) == 2
+    assert "needs --revision" in capsys.readouterr().err
+    assert main(["db", "downgrade", "--revision", "base"]) == 0
+    assert "base (empty)" in capsys.readouterr().out
+    monkeypatch.setenv("DATABASE_URL", "mysql://x@y/z")
+    assert main(["db", "upgrade"]) == 2
+    assert "postgresql://" in capsys.readouterr().err
+    monkeypatch.setenv("DATABASE_URL", "postgresql://postgres@127.0.0.1:9/nowhere")
+    assert main(["db", "upgrade"]) == 1
+    assert "PostgreSQL at 127.0.0.1:9/nowhere" in capsys.readouterr().err
