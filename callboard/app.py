@@ -23,6 +23,8 @@ from presence.batcher import Batcher
 from presence.liveness import Liveness, dedicated_client
 from presence.rules import Settings as RuleSettings
 from presence.store import PresenceStore
+from records import api as records_api
+from records.recorder import Recorder
 from store import runtime as store_runtime
 from store.db import Database
 from wallboard import api
@@ -32,6 +34,9 @@ from wallboard.metrics import Metrics
 from wallboard.mirror import Mirror
 from wallboard.runtime import LoopWatch
 from wallboard.shared_gauges import shared_state_collector
+from webhooks import api as webhooks_api
+from webhooks.config import resolve_secrets
+from webhooks.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +85,9 @@ def build_services(config: Config, settings: Settings, redis: Redis, *, clock: C
         from routing.service import build_router
 
         services.routing = build_router(services)
+    services.outbox = _outbox(config, redis, metrics)
+    services.recorder = Recorder(redis, services.db, config, consumer=liveness.instance_id, outbox=services.outbox,
+                                 registry=metrics.registry)
     metrics.build_info.labels(__version__, liveness.instance_id).set(1)
     metrics.add_shared_state(shared_state_collector(services))
     return services
@@ -96,6 +104,8 @@ def build_app(config: Config, settings: Settings, redis: Redis, *, clock: Clock 
     app[SERVICES] = services
     app.add_routes(api.routes())
     app.add_routes(services.callflow.routes())
+    app.add_routes(webhooks_api.routes())
+    app.add_routes(records_api.routes())
     customers_setup(app)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -115,6 +125,9 @@ def build_app(config: Config, settings: Settings, redis: Redis, *, clock: Clock 
         s.start(LoopWatch(s.metrics).run(), "loop-watch")
         if s.routing is not None:
             s.start(s.routing.run(), "router")
+        if s.outbox is not None:
+            s.start(s.outbox.run(), "webhooks")
+        s.start(s.recorder.run(), "recorder")
         try:
             await asyncio.wait_for(s.follower.caught_up.wait(), timeout=5.0)
             s.hub.reset_published()
@@ -164,6 +177,14 @@ async def _pending_gauge(s: Services) -> None:
         s.metrics.spool_depth.set(s.callflow.spool_depth)
         s.metrics.follower_lag.set(s.follower.lag_s())
         await asyncio.sleep(1.0)
+
+
+def _outbox(config: Config, redis: Redis, metrics: Metrics) -> Outbox | None:
+    """The webhook outbox when [[webhooks]] are configured (secrets from the environment, see webhooks/config.py)."""
+    if not config.webhooks:
+        return None
+    secrets, problems = resolve_secrets(config.webhooks)
+    return Outbox(redis, config.webhooks, secrets, secret_problems=problems, registry=metrics.registry)
 
 
 def redis_client(url: str) -> Redis:

@@ -61,6 +61,7 @@ class Center:
     caller_id: str | None = None
     away_reasons: tuple[str, ...] = ("break", "lunch", "meeting", "training")
     call_retention_days: int = 7
+    records_retention_days: int = 400  # call records and agent-state history in SQL (records/), pruned daily
     # Region for phone numbers typed without a country code (customers/phones.py). "JP": the directory's
     # first users type Japanese national numbers (03-1234-5678) and the demo center is Japanese-flavoured;
     # a US center sets "US". A wrong region never mis-stores silently: a number it cannot read is a 400.
@@ -127,6 +128,7 @@ class Config:
     server: Server = field(default_factory=Server)
     source: str = "<built-in demo center>"
     routing: Routing = field(default_factory=Routing)
+    webhooks: tuple[Any, ...] = ()  # webhooks.config.Endpoint, from [[webhooks]]
     agents_by_id: dict[str, Agent] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -155,7 +157,7 @@ _QUEUE_KEYS = {f for f in Queue.__dataclass_fields__}
 _THRESHOLD_KEYS = {f for f in Thresholds.__dataclass_fields__}
 _AGENT_KEYS = {"id", "name", "team", "queues"}
 _TEAM_KEYS = {"name"}
-_TOP_KEYS = {"center", "server", "queues", "agents", "teams"}
+_TOP_KEYS = {"center", "server", "queues", "agents", "teams", "webhooks"}
 _ROUTING_KEYS = {f for f in Routing.__dataclass_fields__}
 _TOP_KEYS.add("routing")
 
@@ -264,7 +266,8 @@ def parse_config(raw: dict[str, Any], source: str) -> Config:
 
     routing = _parse_routing(v, raw.get("routing", {}))
     return Config(center=center, queues=tuple(queues), agents=tuple(agents), teams=tuple(teams), server=server,
-                  source=source, routing=routing)
+                  source=source, routing=routing,
+                  webhooks=_webhooks(raw.get("webhooks"), source))
 
 
 def _parse_routing(v: _Validator, table: object) -> Routing:
@@ -283,6 +286,15 @@ def _parse_routing(v: _Validator, table: object) -> Routing:
     if not 5 <= routing.connect_timeout_s <= 600:
         raise ConfigError(v.source, "routing.connect_timeout_s", "must be between 5 and 600 seconds")
     return routing
+
+
+def _webhooks(raw: Any, source: str) -> tuple[Any, ...]:
+    from webhooks.config import WebhookConfigError, parse_webhooks  # webhooks/ imports nothing of the shell
+
+    try:
+        return parse_webhooks(raw)
+    except WebhookConfigError as exc:
+        raise ConfigError(source, exc.key, exc.problem) from None
 
 
 def _known_region(region: str) -> bool:

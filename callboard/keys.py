@@ -59,16 +59,37 @@ def agent_leg(call_sid: str) -> str:
 HANDLED_OBSERVATIONS = PREFIX + "handled:obs"
 
 
+# Business facts for the recorder (records/): a stream, entry field f = JSON {type, at_ms, ...} (see
+# docs/DESIGN.md "Facts"). Writers append in the same Lua call as the change; only the recorder trims it.
+FACTS = PREFIX + "facts"
+
+
+def facts() -> str:
+    """The facts stream the recorder consumes (never trimmed by writers)."""
+    return FACTS
+
+
+# Outgoing webhooks (webhooks/): one hash per delivery (an event to one endpoint), a due-time sorted set per
+# endpoint (so one dead endpoint's backlog never sits in front of another's), and two indexes for the API.
+WEBHOOK_LOG = PREFIX + "wh:log"  # sorted set: delivery id by created ms
+WEBHOOK_FAILED = PREFIX + "wh:failed"  # sorted set: deliveries that gave up, by the ms they gave up
+
+
+def webhook_delivery(delivery_id: str) -> str:
+    """Hash of one delivery: endpoint, msg (webhook-id), type, body, status, attempts, last_status, ..."""
+    return f"{PREFIX}wh:d:{delivery_id}"
+
+
+def webhook_due(endpoint: str) -> str:
+    """Sorted set of an endpoint's deliveries waiting for an attempt: member = delivery id, score = due ms."""
+    return f"{PREFIX}wh:due:{endpoint}"
+
+
 def caller(call_sid: str) -> str:
     """JSON of the directory lookup of a caller's number, written at `incoming` (customers/lookup.py), TTL 12 h:
     {"withheld", "customers": [pop entries], "owner", "owner_team", "directory_unavailable"?}. The pop and
     the routing read it."""
     return f"{PREFIX}caller:{call_sid}"
-
-
-def facts() -> str:
-    """The facts stream (never trimmed by writers): field `f` = JSON {"type", "at_ms", ...}; see DESIGN."""
-    return f"{PREFIX}facts"
 
 
 # Routing (offer mode), see routing/lua.py: one hash per open offer, the per-agent and per-caller

@@ -110,6 +110,8 @@ class Services:
     hub: Hub
     follower: Follower
     callflow: CallFlow
+    outbox: Any = None  # webhooks.outbox.Outbox when [[webhooks]] are configured
+    recorder: Any = None  # records.recorder.Recorder when the SQL store is there
     sessions: set[Any] = field(default_factory=set)
     draining: bool = False
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)

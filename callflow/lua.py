@@ -37,6 +37,13 @@ local function k_day(q, day) return PREFIX .. 'q:' .. q .. ':day:' .. day end
 local function k_min(q, m) return PREFIX .. 'q:' .. q .. ':min:' .. m end
 local function k_pop(agent) return PREFIX .. 'pop:' .. agent end
 
+-- The record's outcome for a counted leaving outcome (docs/DESIGN.md "Call records and reports").
+local function record_outcome(outcome, qt_ms, short_ms)
+  if outcome == 'abandoned' and qt_ms < short_ms then return 'short_abandoned' end
+  if outcome == 'system_error' then return 'error' end
+  return outcome
+end
+
 local function minute_of(ms) return math.floor(ms / 60000) end
 
 -- Mirrors stats.bounded_queue_time_ms: (queue time ms or nil when unknown, why Twilio's was refused or nil).
@@ -129,7 +136,10 @@ call_handled = function(agent_id, wrap)
   if wrap == nil or wrap.call_sid == nil or wrap.queue == nil then return end
   local ck = k_call(wrap.call_sid)
   if redis.call('EXISTS', ck) == 0 then return end
-  redis.call('HSETNX', ck, 'wrap_ms', math.max(math.floor(tonumber(wrap.wrap_ms) or 0), 0))
+  local wrap_ms = math.max(math.floor(tonumber(wrap.wrap_ms) or 0), 0)
+  if redis.call('HSETNX', ck, 'wrap_ms', wrap_ms) == 1 then
+    fact({type = 'call.wrap_up', call_sid = wrap.call_sid, agent = agent_id, wrap_up_s = wrap_ms / 1000})
+  end
   finalize(wrap.call_sid)
 end
 """
@@ -162,6 +172,8 @@ local function adopt(ck, ev)
   if qt_ms then redis.call('HSET', ck, 'enq_ms', NOW - qt_ms) end
   redis.call('PEXPIRE', ck, TTL)
   bump(k_day(ev.queue, DAY), 'offered', 1, TTL + DAY_MS)
+  fact({type = 'call.entered', call_sid = ev.sid, from = ev.from or '', to = ev.to or '', queue = ev.queue,
+        at_ms = NOW - (qt_ms or 0)})
 end
 
 -- (queue time ms or nil when unknown, why Twilio's QueueTime was refused or nil)
@@ -202,7 +214,9 @@ local function attach_agent(agent, leg, sid, c)
   end
   if load_rec(agent).state == 'on-call' then
     -- already on another call: the wrap-up of this one never happened
-    redis.call('HSETNX', k_call(sid), 'wrap_ms', 0)
+    if redis.call('HSETNX', k_call(sid), 'wrap_ms', 0) == 1 then
+      fact({type = 'call.wrap_up', call_sid = sid, agent = agent, wrap_up_s = 0})
+    end
     return
   end
   apply(agent, {kind = 'call_start', actor = 'system', call = call})
@@ -224,6 +238,7 @@ if kind == 'incoming' then
     redis.call('HSET', ck, 'kind', 'caller', 'mode', mode, 'queue', ev.queue, 'from', ev.from or '',
                'to', ev.to or '', 'day', DAY, 'enq_ms', NOW, 'ttl', TTL)
     redis.call('PEXPIRE', ck, TTL)
+    fact({type = 'call.entered', call_sid = ev.sid, from = ev.from or '', to = ev.to or '', queue = ev.queue})
     if mode == 'enqueued' then
       bump(k_day(ev.queue, DAY), 'offered', 1, TTL + DAY_MS)
       if redis.call('HEXISTS', ck, 'end_ms') == 0 then redis.call('ZADD', k_waiting(ev.queue), NOW, ev.sid) end
@@ -231,6 +246,7 @@ if kind == 'incoming' then
     else
       local m = minute_of(NOW)
       redis.call('HSET', ck, 'min', m, 'left', 'unstaffed')
+      fact({type = 'call.left_queue', call_sid = ev.sid, outcome = 'unstaffed', wait_s = 0})
       bump(k_day(ev.queue, DAY), 'unstaffed', 1, TTL + DAY_MS)
       bump(k_min(ev.queue, m), 'unstaffed', 1, minute_ttl(m))
       emit_queue(ev.queue, DAY, m)
@@ -268,11 +284,12 @@ elseif kind == 'bridge' then
     redis.call('ZREM', k_waiting(c.queue), ev.sid)
     local agent = ev.agent
     if (agent == nil or agent == '') and ev.leg then agent = redis.call('HGET', k_leg(ev.leg), 'agent') end
+    fact({type = 'call.answered', call_sid = ev.sid, agent = nullable(ev.leg and agent), wait_s = c.qt_ms / 1000})
     if agent and agent ~= '' and ev.leg then
       redis.call('HSET', ck, 'agent', agent)
       attach_agent(agent, ev.leg, ev.sid, c)
-    else
-      redis.call('HSETNX', ck, 'wrap_ms', 0)  -- nobody to wrap up: handle time is the talk time
+    elseif redis.call('HSETNX', ck, 'wrap_ms', 0) == 1 then  -- nobody to wrap up: handle time is the talk time
+      fact({type = 'call.wrap_up', call_sid = ev.sid, agent = cjson.null, wrap_up_s = 0})
     end
     finalize(ev.sid)
     emit_queue(c.queue, c.day, m)
@@ -300,6 +317,8 @@ elseif kind == 'queue_result' then
       bump(dk, 'abandoned_wait_unknown', 1, day_ttl); bump(mk, 'abandoned_wait_unknown', 1, min_ttl)
     end
     redis.call('ZREM', k_waiting(q), ev.sid)
+    fact({type = 'call.left_queue', call_sid = ev.sid, outcome = record_outcome(ev.outcome, qt_ms, cfg.short_ms),
+          wait_s = qt_ms / 1000})
     emit_queue(q, day, m)
   end
 
@@ -310,7 +329,12 @@ elseif kind == 'status' then
     if redis.call('HSETNX', ck, 'end_ms', NOW) == 1 then
       result.counted = 1
       local f = redis.call('HMGET', ck, 'queue', 'day', 'bridge_ms', 'agent')
-      if f[3] then redis.call('HSET', ck, 'talk_ms', math.max(NOW - tonumber(f[3]), 0)) end
+      local talk_s = cjson.null
+      if f[3] then
+        redis.call('HSET', ck, 'talk_ms', math.max(NOW - tonumber(f[3]), 0))
+        talk_s = math.max(NOW - tonumber(f[3]), 0) / 1000
+      end
+      fact({type = 'call.ended', call_sid = ev.sid, talk_s = talk_s})
       if f[4] then unpop(f[4], ev.sid) end
       redis.call('ZREM', k_waiting(f[1]), ev.sid)
       finalize(ev.sid)

@@ -23,6 +23,7 @@ from callboard.services import SERVICES, Services
 from customers import csvio, repo
 from customers.model import FieldError, parse_customer, parse_note
 from store.db import Database
+from webhooks import events as webhook_events
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +193,7 @@ async def add_note(request: web.Request) -> web.StreamResponse:
         note = await repo.add_note(conn, customer_id, claims.sub, text, call_sid, services.clock.now_ms())
     if note is None:
         raise _Refusal(404, f"no customer {customer_id[:40]!r}", "not_found")
+    await webhook_events.note_added(services.outbox, customer_id, note)
     return web.json_response(note, status=201, headers=HEADERS)
 
 

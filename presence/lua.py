@@ -29,9 +29,23 @@ local CHANGES = '%(changes)s'
 local TIMERS = '%(timers)s'
 local INSTANCES = '%(instances)s'
 local PREFIX = '%(prefix)s'
+local FACTS = '%(facts)s'
 
 local function emit(kind, id, payload)
   redis.call('XADD', CHANGES, 'MAXLEN', '~', MAXLEN, '*', 'k', kind, 'id', id, 'd', cmsgpack.pack(payload))
+end
+
+-- A business fact for the recorder (records/): JSON {type, at_ms, ...}. Never trimmed here: the recorder
+-- trims what it has written, so a database outage loses nothing.
+local function fact(f)
+  if f.at_ms == nil then f.at_ms = NOW end
+  redis.call('XADD', FACTS, '*', 'f', cjson.encode(f))
+end
+
+-- JSON null for an unknown value (cjson drops nil fields, and the facts contract wants explicit nulls).
+local function nullable(v)
+  if v == nil or v == '' then return cjson.null end
+  return v
 end
 
 local function load_rec(id)
@@ -176,8 +190,15 @@ end
 -- Load, decide, store, emit. Returns the error code or false.
 local function apply(id, it)
   local rec = load_rec(id)
+  local prev_state, prev_reason = rec.state, rec.reason  -- decide() changes rec in place
   local new, err, wrap_ended = decide(rec, it)
-  if new ~= nil then save_rec(id, new, wrap_ended) end
+  if new ~= nil then
+    save_rec(id, new, wrap_ended)
+    if new.state ~= prev_state or new.reason ~= prev_reason then
+      fact({type = 'agent.state', agent = id, state = new.state, reason = nullable(new.reason),
+            prev_state = prev_state})
+    end
+  end
   return err or false
 end
 
@@ -205,6 +226,7 @@ end
         "timers": keys.TIMERS,
         "instances": keys.INSTANCES,
         "prefix": keys.PREFIX,
+        "facts": keys.FACTS,
         "max_reason": 100,
     }
 )

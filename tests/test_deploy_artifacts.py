@@ -34,6 +34,9 @@ COUNTERS = {
     "callboard_redis_errors_total",
     "callboard_spool_dropped_total",
     "callboard_offers_total",  # routing (offer mode), routing/router.py
+    "callboard_webhook_deliveries_total",  # webhooks/outbox.py
+    "callboard_recorder_facts_written_total",  # records/recorder.py
+    "callboard_recorder_facts_unreadable_total",
 }
 HISTOGRAMS = {
     "callboard_queue_wait_seconds",
@@ -54,6 +57,9 @@ SHARED_GAUGES = {
     "callboard_queue_oldest_call_enqueued_timestamp_seconds",
     "callboard_service_level_ratio",
     "callboard_service_level_target_ratio",
+    "callboard_webhook_backlog",  # Redis state: webhooks/outbox.py
+    "callboard_recorder_backlog",  # Redis state: records/recorder.py
+    "callboard_recorder_oldest_fact_age_seconds",
 }
 PROCESS_GAUGES = {
     "callboard_ws_connections",
@@ -163,7 +169,28 @@ def test_known_metrics_are_what_the_code_exports() -> None:
     # Shared gauges are built at scrape time from the mirror, which needs a running app: read their names.
     shared_source = (ROOT / "wallboard" / "shared_gauges.py").read_text()
     exported |= set(re.findall(r'GaugeMetricFamily\(\s*"(callboard_\w+)"', shared_source))
+    exported |= _records_and_webhooks_metrics()
     assert exported == KNOWN_METRICS
+
+
+def _records_and_webhooks_metrics() -> set[str]:
+    """The recorder and the webhook outbox register their metrics on the app's registry when built."""
+    from prometheus_client import CollectorRegistry
+    from redis.asyncio import Redis
+
+    from records.recorder import Recorder
+    from tests.conftest import make_config
+    from webhooks.config import Endpoint
+    from webhooks.outbox import Outbox
+
+    registry = CollectorRegistry()
+    redis = Redis()  # never connected: building registers scripts and metrics only
+    Recorder(redis, None, make_config(), consumer="x", registry=registry)  # type: ignore[arg-type]
+    Outbox(redis, (Endpoint("e", "https://e.example/h", ("call.completed",), "X"),), {"e": "s"}, registry=registry)
+    names = set()
+    for family in registry.collect():
+        names.add(family.name + "_total" if family.type == "counter" else family.name)
+    return names
 
 
 def test_dashboard_uses_the_datasource_variable_and_the_queue_variable() -> None:

@@ -12,6 +12,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 
 import customers.schema  # noqa: F401 - registers the customers tables on the shared metadata
+import records.schema  # noqa: F401 - registers the call records tables on the shared metadata
 from store.schema import metadata
 
 config = context.config
