@@ -120,6 +120,9 @@ async def start_center(aiohttp_server: Any, redis_url: str, redis: Redis, config
     emu = TwilioEmulator(account_sid=ACCOUNT, auth_token=TWILIO_TOKEN, api_keys=api_keys)
     emu_server = await aiohttp_server(emu.app(), host="127.0.0.1")
     center = OfferCenter(emu=emu, emu_url=f"http://127.0.0.1:{emu_server.port}", redis=redis)
+    # A consumer group that never reads: the recorder trims only what every group has acknowledged, so the
+    # facts stay on the stream for the tests to read (center.facts()).
+    await redis.xgroup_create(keys.facts(), "tests-observer", id="0", mkstream=True)
     for n in range(instances):
         port = free_port()
         data = Path(tempfile.mkdtemp(prefix="cb-routing-")) if data_dir is None else data_dir
