@@ -43,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="embedded Redis + the service + a simulated center, in one command")
     _server_args(demo)
-    from callboard import simulate
+    from simulator import run as simulate
 
     simulate.add_arguments(demo)
     # The demo center has 12 agents and ~3-minute calls: 4 a minute keeps the floor busy from the first
@@ -167,8 +167,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from callboard import simulate
     from callboard.services import Settings, load_or_create_secret
+    from simulator import run as simulate
 
     config = _load_config_or_exit(args.config)
     settings = Settings.from_env()
@@ -253,8 +253,8 @@ async def _serve(args: argparse.Namespace, *, demo: bool) -> int:
 
 async def _run_demo_simulation(args: argparse.Namespace, config: Config, settings: Settings, base: str,
                                stop: asyncio.Event) -> None:
-    from callboard import simulate
     from callboard.auth import issue_token
+    from simulator import run as simulate
 
     secret = settings.secret
     wall = issue_token(secret, "demo-wallboard", "wallboard", 7 * 86400)

@@ -21,7 +21,7 @@ from twilio.request_validator import RequestValidator
 from twilio.twiml.voice_response import Dial, VoiceResponse
 
 from callboard.config import Config, demo_config
-from callboard.simulate import (
+from simulator.run import (
     Behaviour,
     SimulationOptions,
     Step,
@@ -80,7 +80,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PLAN_DIGEST = """
 import hashlib, sys
 from callboard.config import demo_config
-from callboard.simulate import SimulationOptions, schedule
+from simulator.run import SimulationOptions, schedule
 o = SimulationOptions(url="x", agents=7, calls_per_minute=2, seed=11, duration_s=3600.0, speed=3.0, secret="s",
                       twilio_auth_token="t", public_url=None, config=demo_config())
 print(hashlib.sha256(repr(list(schedule(o))).encode()).hexdigest())

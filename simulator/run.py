@@ -1,7 +1,7 @@
 """`callboard simulate`: a believable contact-center day against a running server.
 
 We play Twilio and the agents. Callers are signed Twilio webhook sequences over HTTP that follow the URLs
-the server's TwiML gives (as Twilio does); agents are real websocket clients. The plan (callboard/sim/plan.py)
+the server's TwiML gives (as Twilio does); agents are real websocket clients. The plan (simulator/plan.py)
 is a pure, seeded function of the options; `run_simulation()` replays it on the wall clock divided by
 `speed` and counts what the server answered. Each agent mirrors the server's snapshot and deltas; when the
 server disagrees with the plan at pick-up (the agent is not `available` there) it is reported as a
@@ -33,7 +33,7 @@ from websockets.typing import Subprotocol
 
 from callboard.auth import issue_token
 from callboard.config import Config
-from callboard.sim.plan import (
+from simulator.plan import (
     END_LEGS,
     Behaviour,
     CallInfo,

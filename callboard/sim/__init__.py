@@ -1,1 +1,0 @@
-"""The simulator's pure parts (the plan); the I/O is callboard/simulate.py."""
