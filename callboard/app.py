@@ -79,6 +79,9 @@ def build_app(config: Config, settings: Settings, redis: Redis, *, clock: Clock 
     app[SERVICES] = services
     app.add_routes(api.routes())
     app.add_routes(services.callflow.routes())
+    import softphone
+
+    softphone.install(app, services)  # call controls and the conference bridge (docs/softphone.md)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         s = app[SERVICES]

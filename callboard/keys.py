@@ -57,3 +57,13 @@ def agent_leg(call_sid: str) -> str:
 # Handle times finalized inside presence scripts (a wrap-up ended in a sweep or a state change), waiting for
 # any instance's call flow to observe them in its call_handle metric: a list of "<queue>\t<handle ms>".
 HANDLED_OBSERVATIONS = PREFIX + "handled:obs"
+
+
+# Business facts for the recorder (records/): a stream, entry field f = JSON {type, at_ms, ...} (see
+# docs/DESIGN.md "Facts"). Writers append in the same Lua call as the change; only the recorder trims it.
+FACTS = PREFIX + "facts"
+
+
+def facts() -> str:
+    """The facts stream the recorder consumes (never trimmed by writers)."""
+    return FACTS

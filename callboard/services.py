@@ -53,6 +53,7 @@ class Settings:
     twilio_twiml_app_sid: str | None = None
     data_dir: Path = Path(".callboard")
     insecure_dev: bool = False
+    twilio_api_url: str = "https://api.twilio.com"  # TWILIO_API_URL: Twilio's REST API, or an emulator
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
@@ -69,6 +70,7 @@ class Settings:
             "twilio_api_secret": env.get("TWILIO_API_SECRET") or None,
             "twilio_twiml_app_sid": env.get("TWILIO_TWIML_APP_SID") or None,
             "data_dir": Path(env.get("CALLBOARD_DATA", ".callboard")),
+            "twilio_api_url": (env.get("TWILIO_API_URL") or "https://api.twilio.com").rstrip("/"),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

@@ -95,6 +95,8 @@ class CallFlow:
         self.auth_token = None if insecure else auth_token
         self.store = CallStore(redis, presence, config)
         self._spool: deque[CallEvent] = deque()
+        # set by softphone/ in conference mode: (request, agent id, agent leg CallSid, queue) -> TwiML
+        self.take_next_in_conference: Callable[[web.Request, str, str, str], Awaitable[str]] | None = None
         self._spool_wakeup = asyncio.Event()
         if self.auth_token is None and insecure:
             log.warning("INSECURE: Twilio webhook signatures are NOT checked (--insecure-dev); anyone who can "
@@ -111,6 +113,14 @@ class CallFlow:
             "bridge": self._bridge, "queue-result": self._queue_result, "status": self._status,
         }
         return [web.post(BASE_PATH + name, self._view(name, handler)) for name, handler in views.items()]
+
+    def webhook(self, name: str, handler: Handler) -> web.RouteDef:
+        """Another room's Twilio webhook under /twilio/voice/<name>, with this route's checks (softphone/)."""
+        return web.post(BASE_PATH + name, self._view(name, handler))
+
+    async def record(self, event: CallEvent) -> Applied | None:
+        """Apply a call event for another room (the softphone's conference legs), spooled like ours."""
+        return await self._record(event)
 
     @property
     def spool_depth(self) -> int:
@@ -223,6 +233,8 @@ class CallFlow:
             log.warning("agent %s asked for queue %r, which is not one of theirs", agent.id, name)
             return twiml.spoken_error("That queue is not one of yours. Goodbye.")
         await self._record(CallEvent(AGENT_LEG, self.clock.now_ms(), {"sid": sid, "agent": agent.id}))
+        if self.take_next_in_conference is not None:  # [center] bridge = "conference" (softphone/)
+            return await self.take_next_in_conference(request, agent.id, sid, name)
         return twiml.dial_queue(name, self._url(request, "bridge", queue=name, agent=agent.id))
 
     async def _bridge(self, request: web.Request, form: MultiDictProxy[str]) -> str:

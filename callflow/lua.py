@@ -108,6 +108,9 @@ call_handled = function(agent_id, wrap)
   if wrap == nil or wrap.call_sid == nil or wrap.queue == nil then return end
   local ck = k_call(wrap.call_sid)
   if redis.call('EXISTS', ck) == 0 then return end
+  -- after a transfer only the wrap-up of the agent who held the call last counts (softphone/, docs/softphone.md)
+  local holder = redis.call('HGET', ck, 'agent')
+  if holder and holder ~= agent_id then return end
   redis.call('HSETNX', ck, 'wrap_ms', math.max(math.floor(tonumber(wrap.wrap_ms) or 0), 0))
   finalize(wrap.call_sid)
 end
