@@ -321,7 +321,8 @@ class Controls:
                 except RestError as exc:
                     log.warning("cold transfer of %s: could not remove %s: %s", caller, done.get("prev_agent"), exc)
         elif status in END_STATUSES:
-            cancelled = await self.step({"op": "transfer_cancel", "sid": caller, "part": part, "reason": status})
+            cancelled = await self.step({"op": "transfer_cancel", "sid": caller, "part": part, "agent": agent,
+                                         "reason": status})
             if not cancelled.get("ok"):
                 # the second agent had the call: their leg ended, as a softphone leg's status would say
                 await self.flow.record(CallEvent(STATUS, self.clock.now_ms(), {"sid": part, "agent": agent}))

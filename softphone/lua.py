@@ -152,8 +152,10 @@ elseif kind == 'transfer_ringing' then
 
 elseif kind == 'transfer_cancel' then
   local raw = redis.call('HGET', ck, 'xfer')
-  if raw and (op.part == nil or cjson.decode(raw).part == op.part) then
-    local x = cjson.decode(raw)
+  local x = raw and cjson.decode(raw)
+  -- the participant's callbacks may overtake our own 'ringing' step: a transfer without a part yet is
+  -- matched by its target agent
+  if x and (op.part == nil or x.part == op.part or (x.part == nil and x.to == op.agent)) then
     redis.call('HDEL', ck, 'xfer')
     if x.from then notice(x.from, {type = 'transfer_failed', call_sid = sid, to = x.to, reason = op.reason}) end
     out.ok = true
@@ -162,7 +164,7 @@ elseif kind == 'transfer_cancel' then
 elseif kind == 'transfer_answered' then
   local raw = redis.call('HGET', ck, 'xfer')
   local x = raw and cjson.decode(raw)
-  if not x or x.part ~= op.part or x.to ~= op.agent or redis.call('HEXISTS', ck, 'end_ms') == 1 then
+  if not x or (x.part ~= nil and x.part ~= op.part) or x.to ~= op.agent or redis.call('HEXISTS', ck, 'end_ms') == 1 then
     out.code = 'stale'
   else
     local prev_agent, prev_leg = redis.call('HGET', ck, 'agent'), redis.call('HGET', ck, 'leg')
