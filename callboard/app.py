@@ -66,6 +66,10 @@ def build_services(config: Config, settings: Settings, redis: Redis, *, clock: C
                         insecure=settings.insecure_dev, metrics=metrics, staffed=mirror.staffed)
     services = Services(config=config, settings=settings, clock=clock, redis=redis, metrics=metrics, presence=presence,
                         batcher=batcher, liveness=liveness, mirror=mirror, hub=hub, follower=follower, callflow=callflow)
+    if config.routing.mode == "offer":  # routing: callboard offers callers to agents itself
+        from routing.service import build_router
+
+        services.routing = build_router(services)
     metrics.build_info.labels(__version__, liveness.instance_id).set(1)
     metrics.add_shared_state(shared_state_collector(services))
     return services
@@ -96,6 +100,8 @@ def build_app(config: Config, settings: Settings, redis: Redis, *, clock: Clock 
         s.start(s.hub.run_queue_ticker(), "queue-ticker")
         s.start(s.callflow.run_spool(), "callflow-spool")
         s.start(_pending_gauge(s), "pending-gauge")
+        if s.routing is not None:
+            s.start(s.routing.run(), "router")
         try:
             await asyncio.wait_for(s.follower.caught_up.wait(), timeout=5.0)
             s.hub.reset_published()
@@ -105,6 +111,8 @@ def build_app(config: Config, settings: Settings, redis: Redis, *, clock: Clock 
         await s.drain()
         await s.stop_tasks()
         await s.batcher.stop()
+        if s.routing is not None:
+            await s.routing.close()
         if close_redis:
             await s.redis.aclose()
 

@@ -97,6 +97,22 @@ class Server:
     voice_sdk_url: str | None = None
 
 
+ROUTING_MODES = ("pull", "offer")
+ROUTING_STEPS = ("owner", "team", "queue")
+
+
+@dataclass(frozen=True, slots=True)
+class Routing:
+    """[routing]: who gets which caller (see routing/ and docs/routing.md). Pull stays the default."""
+
+    mode: str = "pull"
+    offer_timeout_s: int = 15  # an offer not answered in this time is expired (missed)
+    missed_to_away: int = 2  # missed offers in a row that set the agent away ("missed offers"); 0: never
+    order: tuple[str, ...] = ROUTING_STEPS
+    tick_ms: int = 200  # how often each instance's router looks for callers and agents to match
+    connect_timeout_s: int = 60  # an accepted offer still not bridged after this is released
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     center: Center
@@ -105,6 +121,7 @@ class Config:
     teams: tuple[str, ...]
     server: Server = field(default_factory=Server)
     source: str = "<built-in demo center>"
+    routing: Routing = field(default_factory=Routing)
     agents_by_id: dict[str, Agent] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -134,6 +151,8 @@ _THRESHOLD_KEYS = {f for f in Thresholds.__dataclass_fields__}
 _AGENT_KEYS = {"id", "name", "team", "queues"}
 _TEAM_KEYS = {"name"}
 _TOP_KEYS = {"center", "server", "queues", "agents", "teams"}
+_ROUTING_KEYS = {f for f in Routing.__dataclass_fields__}
+_TOP_KEYS.add("routing")
 
 
 def load_config(path: str | Path | None) -> Config:
@@ -235,7 +254,27 @@ def parse_config(raw: dict[str, Any], source: str) -> Config:
                 raise ConfigError(source, f"{key}.queues", f"unknown queue {q!r}")
         agents.append(Agent(id=agent_id, name=name, team=team, queues=tuple(agent_queues)))
 
-    return Config(center=center, queues=tuple(queues), agents=tuple(agents), teams=tuple(teams), server=server, source=source)
+    routing = _parse_routing(v, raw.get("routing", {}))
+    return Config(center=center, queues=tuple(queues), agents=tuple(agents), teams=tuple(teams), server=server,
+                  source=source, routing=routing)
+
+
+def _parse_routing(v: _Validator, table: object) -> Routing:
+    routing = Routing(**v.fields(table, "routing", _ROUTING_KEYS, Routing))
+    if routing.mode not in ROUTING_MODES:
+        raise ConfigError(v.source, "routing.mode", f"{routing.mode!r} is not one of {', '.join(ROUTING_MODES)}")
+    if not routing.order or len(set(routing.order)) != len(routing.order) or any(
+            step not in ROUTING_STEPS for step in routing.order):
+        raise ConfigError(v.source, "routing.order", f"must list some of {', '.join(ROUTING_STEPS)}, each once")
+    if not 1 <= routing.offer_timeout_s <= 300:
+        raise ConfigError(v.source, "routing.offer_timeout_s", "must be between 1 and 300 seconds")
+    if routing.missed_to_away > 100:
+        raise ConfigError(v.source, "routing.missed_to_away", "must be between 0 (never) and 100")
+    if not 10 <= routing.tick_ms <= 5000:
+        raise ConfigError(v.source, "routing.tick_ms", "must be between 10 and 5000 milliseconds")
+    if not 5 <= routing.connect_timeout_s <= 600:
+        raise ConfigError(v.source, "routing.connect_timeout_s", "must be between 5 and 600 seconds")
+    return routing
 
 
 BRIDGE_MODES = ("queue", "conference")

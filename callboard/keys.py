@@ -59,11 +59,36 @@ def agent_leg(call_sid: str) -> str:
 HANDLED_OBSERVATIONS = PREFIX + "handled:obs"
 
 
-# Business facts for the recorder (records/): a stream, entry field f = JSON {type, at_ms, ...} (see
-# docs/DESIGN.md "Facts"). Writers append in the same Lua call as the change; only the recorder trims it.
-FACTS = PREFIX + "facts"
+def caller(call_sid: str) -> str:
+    """JSON {"withheld", "customers", "owner", "owner_team"} of a caller, written by the directory lookup at
+    `incoming` (customers/) and read by routing; TTL 12 h."""
+    return f"{PREFIX}caller:{call_sid}"
 
 
 def facts() -> str:
-    """The facts stream the recorder consumes (never trimmed by writers)."""
-    return FACTS
+    """The facts stream (never trimmed by writers): field `f` = JSON {"type", "at_ms", ...}; see DESIGN."""
+    return f"{PREFIX}facts"
+
+
+# Routing (offer mode), see routing/lua.py: one hash per open offer, the per-agent and per-caller
+# reservations that make offers exclusive, and a sorted set of when each offer is due (expiry).
+OFFER_AGENTS = PREFIX + "offers:agents"  # hash: agent id -> offer id
+OFFER_CALLS = PREFIX + "offers:calls"  # hash: caller CallSid -> offer id
+OFFER_DUE = PREFIX + "offers:due"  # sorted set: offer id, score = due ms
+OFFER_SEQ = PREFIX + "offers:seq"  # counter behind offer ids
+OFFER_MISSED_ROW = PREFIX + "offers:missed_row"  # hash: agent id -> missed offers in a row
+
+
+def offer(offer_id: str) -> str:
+    """Hash of one offer: call, agent, queue, state (open|accepting|connecting), created_ms, due_ms."""
+    return f"{PREFIX}offer:{offer_id}"
+
+
+def offers_missed(day: str) -> str:
+    """Hash of missed offers per agent for one `today` window."""
+    return f"{PREFIX}offers:missed:{day}"
+
+
+def no_calls(agent_id: str) -> str:
+    """Set of an agent's connection ids that said in their hello that they cannot take offered calls."""
+    return f"{PREFIX}nocalls:{agent_id}"

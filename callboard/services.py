@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from presence.batcher import Batcher
     from presence.liveness import Liveness
     from presence.store import PresenceStore
+    from routing.router import Router
     from wallboard.follower import Follower
     from wallboard.hub import Hub
     from wallboard.metrics import Metrics
@@ -53,7 +54,7 @@ class Settings:
     twilio_twiml_app_sid: str | None = None
     data_dir: Path = Path(".callboard")
     insecure_dev: bool = False
-    twilio_api_url: str = "https://api.twilio.com"  # TWILIO_API_URL: Twilio's REST API, or an emulator
+    twilio_api_url: str = "https://api.twilio.com"  # a Twilio-compatible API or the emulator (routing)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
@@ -108,6 +109,7 @@ class Services:
     sessions: set[Any] = field(default_factory=set)
     draining: bool = False
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    routing: Router | None = None  # offer mode only (routing/router.py)
 
     @property
     def secret(self) -> str:

@@ -112,7 +112,10 @@ class CallFlow:
             "incoming": self._incoming, "wait": self._wait, "agent": self._agent,
             "bridge": self._bridge, "queue-result": self._queue_result, "status": self._status,
         }
-        return [web.post(BASE_PATH + name, self._view(name, handler)) for name, handler in views.items()]
+        from callflow import connect  # routing's connect and dial-result (offer mode); imports this module
+
+        return [web.post(BASE_PATH + name, self._view(name, handler)) for name, handler in views.items()] \
+            + connect.routes(self)
 
     def webhook(self, name: str, handler: Handler) -> web.RouteDef:
         """Another room's Twilio webhook under /twilio/voice/<name>, with this route's checks (softphone/)."""
@@ -238,6 +241,10 @@ class CallFlow:
         return twiml.dial_queue(name, self._url(request, "bridge", queue=name, agent=agent.id))
 
     async def _bridge(self, request: web.Request, form: MultiDictProxy[str]) -> str:
+        if request.query.get("offer"):  # routing: the agent's <Client url>, requested on the agent's leg
+            from callflow import connect
+
+            return await connect.offer_bridge(self, request, form)
         sid = _required(form, "CallSid")
         agent_id = request.query.get("agent")
         queue = self._queue_named(request.query.get("queue"), form)

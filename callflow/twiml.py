@@ -113,3 +113,32 @@ def spoken_error(message: str) -> str:
 def empty() -> str:
     """A valid TwiML document that does nothing (bridge, status callbacks)."""
     return str(VoiceResponse())
+
+
+def dial_client(agent: str, offer_id: str, bridge_url: str, action_url: str, ring_s: int) -> str:
+    """Routing: ring the agent's softphone for an accepted offer; the offer id rides as a custom parameter.
+
+    The Client's url is requested on the agent's leg when it answers (the bridge); the Dial's action when
+    the dial ends, connected or not (dial-result).
+    """
+    response = VoiceResponse()
+    dial = Dial(action=action_url, method="POST", timeout=ring_s)
+    client = dial.client(url=bridge_url, method="POST")
+    client.identity(agent)
+    client.parameter(name="offer_id", value=offer_id)
+    response.append(dial)
+    return str(response)
+
+
+def requeue(queue: str, voice: Voice, action_url: str, wait_url: str) -> str:
+    """Routing: the dial to the agent did not connect; back into the queue (no greeting this time)."""
+    response = VoiceResponse()
+    _say(response, "Please hold, we are connecting you to the next available agent.", voice.english())
+    response.enqueue(queue, action=action_url, method="POST", wait_url=wait_url, wait_url_method="POST")
+    return str(response)
+
+
+def hangup() -> str:
+    response = VoiceResponse()
+    response.hangup()
+    return str(response)

@@ -226,6 +226,6 @@ else
   out.code = 'bad_op'
 end
 return cmsgpack.pack(out)
-""" % {"facts": keys.FACTS}
+""" % {"facts": keys.facts()}
 
 CONTROL = build_script(CONTROL_BODY, CALL_HANDLED_HOOK)

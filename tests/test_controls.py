@@ -88,7 +88,7 @@ class Phone:
         return {k.decode(): v.decode() for k, v in raw.items()}
 
     async def facts(self, kind: str | None = None) -> list[dict[str, Any]]:
-        out = [json.loads(f[b"f"]) for _, f in await self.redis.xrange(keys.FACTS)]
+        out = [json.loads(f[b"f"]) for _, f in await self.redis.xrange(keys.facts())]
         return [f for f in out if kind is None or f["type"] == kind]
 
     async def stats(self, queue: str = "support") -> dict[str, Any]:

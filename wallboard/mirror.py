@@ -13,6 +13,7 @@ from typing import Any
 from callboard.config import Config
 from callflow.live import QueueStatsMirror
 from presence.rules import OFFLINE, STATES, AgentRecord
+from routing.messages import apply_offer_entry
 
 PUBLIC_AGENT_FIELDS = ("state", "reason", "since_ms", "connections", "seq", "call")
 
@@ -40,6 +41,7 @@ class Mirror:
         self.queue_stats = queue_stats
         self.agents: dict[str, dict[str, Any]] = {}
         self.pops: dict[str, dict[str, Any]] = {}
+        self.offers: dict[str, dict[str, Any]] = {}  # routing: each agent's open offer (resent on reconnect)
         # Agents per queue and state, kept as entries arrive: a tick or a webhook never scans every agent.
         self._counts: dict[str, dict[str, int]] = {}
         self.reset_agents({})
@@ -51,6 +53,7 @@ class Mirror:
             entry: dict[str, Any] = {"name": agent.name, "team": agent.team, "queues": list(agent.queues)}
             rec = records.get(agent.id)
             entry.update(rec.public() if rec else _never_seen())
+            entry.update(ringing=agent.id in self.offers, missed_offers=0)  # routing (offer mode)
             self.agents[agent.id] = entry
         self._counts = {q.name: dict.fromkeys(STATES, 0) for q in self.config.queues}
         for entry in self.agents.values():
@@ -84,6 +87,8 @@ class Mirror:
             if ident in self.agents:
                 self.pops[ident] = data
                 changes.pops.append((ident, data))
+        elif kind in ("offer", "offer_ended"):  # routing: to the agent at once, like a pop
+            apply_offer_entry(self, kind, ident, data, changes)
         elif kind == "unpop":
             held = self.pops.get(ident)
             if held is not None and held.get("call_sid") == data.get("call_sid"):

@@ -50,6 +50,7 @@ class Session:
         self.sub = Subscriber(topics, encoding, on_slow=self._on_slow)
         self.writer: asyncio.Task[None] | None = None
         self.bad_in_a_row = 0
+        self.can_take_calls = True  # routing: False when the hello said "can_take_calls": false
 
     async def write_loop(self) -> None:
         metrics = self.services.metrics
@@ -86,6 +87,8 @@ class Session:
         kind = msg["type"]
         if kind == "set_state":
             self._set_state(msg)
+        elif kind in ("accept", "reject"):  # routing (offer mode): the agent's answer to an offer
+            self._answer_offer(msg, accept=kind == "accept")
         elif kind == "ping":
             self.sub.send_now({"type": "pong", "server_time_ms": self.services.clock.now_ms()})
         elif kind == "hello":
@@ -110,6 +113,28 @@ class Session:
             raise WireError("bad_message", '"seq" must be an integer')
         future = self.services.batcher.submit(target, Intent(kind=SET, actor=role, state=state, reason=reason, seq=seq))
         future.add_done_callback(self._report)
+
+    def _answer_offer(self, msg: dict[str, Any], *, accept: bool) -> None:
+        router = self.services.routing
+        if self.claims.role != "agent":
+            raise WireError("forbidden", "only agents answer offers")
+        if router is None:
+            raise WireError("not_offer_mode", "this center does not offer calls (routing mode is pull)")
+        offer_id = msg.get("offer_id")
+        if not isinstance(offer_id, str) or not 0 < len(offer_id) <= 64:
+            raise WireError("bad_message", '"offer_id" must be the id of the offer you received')
+        task = asyncio.get_running_loop().create_task(router.answer(self.claims.sub, offer_id, accept))
+        task.add_done_callback(self._report_answer)
+
+    def _report_answer(self, task: asyncio.Future[str | None]) -> None:
+        if task.cancelled() or self.sub.closed:
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("offer answer failed", exc_info=exc)
+            self.sub.send_now(messages.error("unavailable", "the answer could not be recorded; try again"))
+        elif task.result():
+            self.sub.send_now(messages.error("no_offer", "that offer is no longer open (it ended or is not yours)"))
 
     def _report(self, future: asyncio.Future[str | None]) -> None:
         if future.cancelled() or self.sub.closed:
@@ -141,10 +166,15 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     is_agent = session.claims.role == "agent"
     if is_agent and (pop := services.mirror.pops.get(session.claims.sub)) is not None:
         session.sub.send_now(pop)
+    if is_agent and (offer := services.mirror.offers.get(session.claims.sub)) is not None:
+        session.sub.send_now(offer)  # routing: an offer still open rings again on the new connection
     session.writer = asyncio.create_task(session.write_loop())
     try:
         if is_agent:
             try:
+                if services.routing is not None and not session.can_take_calls:  # before it counts as connected
+                    await services.routing.connection_cannot_take_calls(
+                        session.claims.sub, session.conn_id, services.liveness.instance_id)
                 await services.liveness.register(session.conn_id, session.claims.sub)
             except (RedisError, OSError) as exc:  # Redis away: the next lease renewal registers it
                 services.count_redis_error(exc)
@@ -158,6 +188,8 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         if is_agent:
             try:
                 await services.liveness.deregister(session.conn_id)
+                if services.routing is not None and not session.can_take_calls:
+                    await services.routing.connection_cannot_take_calls(session.claims.sub, session.conn_id, None)
             except (RedisError, OSError) as exc:  # Redis away: the next renewal replays it
                 services.count_redis_error(exc)
                 log.warning("could not deregister %s now (%s); it is replayed when Redis answers", session.conn_id, exc)
@@ -185,7 +217,10 @@ async def _hello(services: Services, request: web.Request, ws: web.WebSocketResp
         await _send_then_close(ws, encoding, messages.error("bad_token", str(exc)), CLOSE_BAD_TOKEN, str(exc))
         return None
     try:
-        return Session(services, request, ws, claims, encoding)
+        session = Session(services, request, ws, claims, encoding)
+        # routing: a console without a softphone says so; clients that say nothing are offered calls
+        session.can_take_calls = hello.get("can_take_calls") is not False
+        return session
     except WireError as exc:
         await _send_then_close(ws, encoding, messages.error(exc.code, exc.message), CLOSE_FORBIDDEN, exc.message)
         return None

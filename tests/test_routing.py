@@ -1,0 +1,271 @@
+"""Routing in offer mode, end to end: callers through the Twilio emulator, agents on real websockets.
+
+Each test's center is real callboard on loopback with the test Redis; Twilio is the emulator
+(simulator/twilio_api.py), never a mock of callboard. The directory lookup's key `cb:caller:{CallSid}` is
+written by the test where it matters: it is input (the customers helper's lookup), not the code under test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from callboard import keys
+from callboard.clock import FakeClock
+from callboard.services import SERVICES
+from tests.routing_support import OfferCenter, next_message, offer_config, start_center
+
+
+@pytest.fixture
+async def center_factory(aiohttp_server: Any, redis_url: str, redis: Any) -> Any:
+    centers: list[OfferCenter] = []
+
+    async def make(instances: int = 1, clock: Any = None, server: dict[str, Any] | None = None,
+                   **routing: Any) -> OfferCenter:
+        config = offer_config(server=server, **routing) if server else offer_config(**routing)
+        center = await start_center(aiohttp_server, redis_url, redis, config, instances=instances, clock=clock)
+        centers.append(center)
+        return center
+
+    yield make
+    for center in centers:
+        for client in center.clients:
+            await client.close()
+        await center.emu.close()
+
+
+def answering(log: list[dict[str, str]], result: str = "answer") -> Any:
+    async def phone(params: dict[str, str], call: Any) -> str:
+        log.append(params)
+        return result
+
+    return phone
+
+
+async def wait_until(predicate: Any, timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def test_whole_path_offer_accept_bridge_hangup(center_factory: Any) -> None:
+    center = await center_factory()
+    alice = await center.agent("alice")
+    await asyncio.sleep(0.01)
+    bob = await center.agent("bob")
+    rang: list[dict[str, str]] = []
+    center.emu.softphones["alice"] = answering(rang)
+    info = {"withheld": False, "owner": None, "owner_team": None,
+            "customers": [{"id": "c1", "name": "Hanako Yamada", "kana": "ヤマダ ハナコ", "company": "ACME",
+                           "owner": None, "memo": None, "notes": []}]}
+    caller = await center.caller(info=info)
+
+    offer = await next_message(alice, "offer")  # alice has been available longer than bob
+    assert offer["call_sid"] == caller.sid and offer["queue"] == "support" and offer["from"] == "+15557770001"
+    assert offer["customers"][0]["name"] == "Hanako Yamada" and offer["expires_ms"] > 0
+    wall = await center.wall()
+    await wall.wait_for(lambda s: s["agents"]["alice"]["ringing"] is True)
+    assert not [m for m in bob.messages if m["type"] == "offer"]
+
+    await alice.send({"type": "accept", "offer_id": offer["offer_id"]})
+    ended = await next_message(alice, "offer_ended")
+    assert ended == {"type": "offer_ended", "offer_id": offer["offer_id"], "call_sid": caller.sid, "reason": "accepted"}
+    await alice.wait_for(lambda s: s["agents"]["alice"]["state"] == "on-call")
+    assert rang == [{"offer_id": offer["offer_id"]}], "the Dial carries the offer id as a custom parameter"
+    pop = await next_message(alice, "pop")
+    assert pop["call_sid"] == caller.sid
+    today = await center.support_today()
+    assert today["offered"] == 1 and today["answered"] == 1
+    await wall.wait_for(lambda s: s["agents"]["alice"]["ringing"] is False)
+
+    child = next(c for c in center.emu.calls.values() if c.parent_sid == caller.sid)
+    await center.emu.hangup(child.sid)  # alice hangs up: dial-result, wrap-up, the caller's call ends
+    await center.emu.settle()
+    await alice.wait_for(lambda s: s["agents"]["alice"]["state"] == "wrap-up")
+    assert center.emu.calls[caller.sid].status == "completed"
+    assert await center.redis.hlen(keys.OFFER_CALLS) == 0 and await center.redis.hlen(keys.OFFER_AGENTS) == 0
+    kinds = [(f["type"], f.get("result")) for f in await center.facts()]
+    assert kinds == [("offer.created", None), ("offer.ended", "accepted")]
+    metrics = center.services().metrics.render().decode()
+    assert 'callboard_offers_total{queue="support",result="accepted"} 1.0' in metrics
+    assert "callboard_offer_latency_seconds_count{queue=\"support\"} 1.0" in metrics
+
+
+async def test_owner_first_then_team_then_queue(center_factory: Any) -> None:
+    center = await center_factory()
+    dave = await center.agent("dave")  # sales team, serves support too; available longest
+    await asyncio.sleep(0.01)
+    bob = await center.agent("bob")  # support team
+    await asyncio.sleep(0.01)
+    alice = await center.agent("alice")  # support team, the owner
+    owned = await center.caller(info={"withheld": False, "customers": [], "owner": "alice", "owner_team": "support"})
+    offer = await next_message(alice, "offer")
+    assert offer["call_sid"] == owned.sid
+    team = await center.caller(info={"withheld": False, "customers": [], "owner": "carol", "owner_team": "support"})
+    offer = await next_message(bob, "offer")  # the owner (carol) serves sales only and is offline: her team
+    assert offer["call_sid"] == team.sid
+    nobody = await center.caller(info={"withheld": True, "customers": [], "owner": None, "owner_team": None})
+    offer = await next_message(dave, "offer")
+    assert offer["call_sid"] == nobody.sid and offer["withheld"] is True
+
+
+async def test_caller_without_lookup_is_routed_after_the_wait(center_factory: Any) -> None:
+    center = await center_factory()
+    bob = await center.agent("bob")
+    caller = await center.caller()  # no cb:caller key ever: the queue step after about a second
+    offer = await next_message(bob, "offer")
+    assert offer["call_sid"] == caller.sid and offer["customers"] == [] and offer["waited_s"] >= 0.9
+
+
+async def test_expiry_then_missed_to_away(center_factory: Any) -> None:
+    clock = FakeClock()
+    # leases far longer than the jumps of the fake clock, so only the offers expire
+    center = await center_factory(clock=clock, server={"lease_renew_s": 0.2, "lease_ttl_s": 600})
+    alice = await center.agent("alice")
+    caller = await center.caller(info={"withheld": False, "customers": [], "owner": None, "owner_team": None})
+    first = await next_message(alice, "offer")
+    clock.advance(15.5)
+    ended = await next_message(alice, "offer_ended")
+    assert ended["offer_id"] == first["offer_id"] and ended["reason"] == "expired"
+    second = await next_message(alice, "offer")  # still the only one available: offered again
+    assert second["call_sid"] == caller.sid and second["offer_id"] != first["offer_id"]
+    clock.advance(15.5)
+    assert (await next_message(alice, "offer_ended"))["reason"] == "expired"
+    snap = await alice.wait_for(lambda s: s["agents"]["alice"]["state"] == "away")
+    assert snap["agents"]["alice"]["reason"] == "missed offers" and snap["agents"]["alice"]["missed_offers"] == 2
+    results = [f["result"] for f in await center.facts() if f["type"] == "offer.ended"]
+    assert results == ["missed", "missed"]
+    await asyncio.sleep(0.3)
+    assert not [m for m in alice.messages if m["type"] == "offer"], "an away agent is not offered calls"
+
+
+async def test_caller_hangup_cancels_the_offer(center_factory: Any) -> None:
+    center = await center_factory()
+    alice = await center.agent("alice")
+    caller = await center.caller(info={"withheld": False, "customers": [], "owner": None, "owner_team": None})
+    offer = await next_message(alice, "offer")
+    await center.emu.hangup(caller.sid)
+    ended = await next_message(alice, "offer_ended", timeout=2.0)
+    assert ended["offer_id"] == offer["offer_id"] and ended["reason"] == "caller_left"
+    facts = [f for f in await center.facts() if f["type"] == "offer.ended"]
+    assert facts[0]["result"] == "cancelled" and facts[0]["reason"] == "caller_left"
+    assert (await center.support_today())["abandoned"] == 1
+
+
+async def test_agent_disconnect_during_offer_goes_to_the_next_agent(center_factory: Any) -> None:
+    center = await center_factory()
+    alice = await center.agent("alice")
+    await asyncio.sleep(0.01)
+    bob = await center.agent("bob")
+    caller = await center.caller(info={"withheld": False, "customers": [], "owner": None, "owner_team": None})
+    offer = await next_message(alice, "offer")
+    await alice.close()
+    center.clients.remove(alice)
+    moved = await next_message(bob, "offer")
+    assert moved["call_sid"] == caller.sid and moved["offer_id"] != offer["offer_id"]
+    ended = [f for f in await center.facts() if f["type"] == "offer.ended"]
+    assert ended[0]["offer_id"] == offer["offer_id"] and ended[0]["reason"] == "agent_unavailable"
+
+
+async def test_console_that_cannot_take_calls_is_not_offered(center_factory: Any) -> None:
+    center = await center_factory()
+    alice = await center.agent("alice", can_take_calls=False)
+    await asyncio.sleep(0.01)
+    bob = await center.agent("bob")
+    caller = await center.caller(info={"withheld": False, "customers": [], "owner": "alice", "owner_team": "support"})
+    offer = await next_message(bob, "offer")  # alice owns the customer but her console has no softphone
+    assert offer["call_sid"] == caller.sid
+    assert not [m for m in alice.messages if m["type"] == "offer"]
+    alice2 = await center.agent("alice")  # a second console of alice that can take calls
+    second = await center.caller(info={"withheld": False, "customers": [], "owner": "alice", "owner_team": "support"})
+    got = await next_message(alice2, "offer")
+    assert got["call_sid"] == second.sid
+
+
+async def test_reject_offers_the_next_agent(center_factory: Any) -> None:
+    center = await center_factory()
+    alice = await center.agent("alice")
+    await asyncio.sleep(0.01)
+    bob = await center.agent("bob")
+    caller = await center.caller(info={"withheld": False, "customers": [], "owner": None, "owner_team": None})
+    offer = await next_message(alice, "offer")
+    await alice.send({"type": "reject", "offer_id": offer["offer_id"]})
+    assert (await next_message(alice, "offer_ended"))["reason"] == "rejected"
+    assert (await next_message(bob, "offer"))["call_sid"] == caller.sid
+    await alice.send({"type": "accept", "offer_id": offer["offer_id"]})
+    error = await next_message(alice, "error")
+    assert error["code"] == "no_offer"
+    await alice.send({"type": "accept", "offer_id": {"deep": [1, 2, 3]}})
+    assert (await next_message(alice, "error"))["code"] == "bad_message"
+
+
+async def test_rest_429_then_success(center_factory: Any) -> None:
+    center = await center_factory()
+    alice = await center.agent("alice")
+    center.emu.softphones["alice"] = answering([])
+    await center.caller(info={"withheld": False, "customers": [], "owner": None, "owner_team": None})
+    offer = await next_message(alice, "offer")
+    center.emu.inject(status=429, code=20429, times=2, path="/Members/")
+    await alice.send({"type": "accept", "offer_id": offer["offer_id"]})
+    assert (await next_message(alice, "offer_ended"))["reason"] == "accepted"
+    await alice.wait_for(lambda s: s["agents"]["alice"]["state"] == "on-call")
+    assert [s for m, p, s in center.emu.requests if "/Members/" in p] == [429, 429, 200]
+
+
+async def test_rest_failure_ends_the_offer_and_the_caller_is_offered_again(center_factory: Any) -> None:
+    center = await center_factory()
+    alice = await center.agent("alice")
+    center.emu.softphones["alice"] = answering([])
+    caller = await center.caller(info={"withheld": False, "customers": [], "owner": None, "owner_team": None})
+    offer = await next_message(alice, "offer")
+    center.emu.inject(status=503, code=20503, times=5, path="/Members/")
+    await alice.send({"type": "accept", "offer_id": offer["offer_id"]})
+    ended = await next_message(alice, "offer_ended", timeout=20)
+    assert ended["reason"] == "dequeue_failed"
+    again = await next_message(alice, "offer", timeout=10)
+    assert again["call_sid"] == caller.sid
+    await alice.send({"type": "accept", "offer_id": again["offer_id"]})
+    await alice.wait_for(lambda s: s["agents"]["alice"]["state"] == "on-call")
+    today = await center.support_today()
+    assert today["offered"] == 1 and today["answered"] == 1
+
+
+async def test_dial_not_connected_requeues_keeping_fifo_and_counts(center_factory: Any) -> None:
+    center = await center_factory()
+    alice = await center.agent("alice")
+    rang: list[dict[str, str]] = []
+    center.emu.softphones["alice"] = answering(rang, "reject")  # the softphone refuses the dial
+    first = await center.caller("+15557770001", info={"withheld": False, "customers": [], "owner": None,
+                                                      "owner_team": None})
+    await asyncio.sleep(0.05)
+    second = await center.caller("+15557770002", info={"withheld": False, "customers": [], "owner": None,
+                                                       "owner_team": None})
+    entered = await center.redis.zscore(keys.queue_waiting("support"), first.sid)
+    offer = await next_message(alice, "offer")
+    assert offer["call_sid"] == first.sid
+    await alice.send({"type": "accept", "offer_id": offer["offer_id"]})
+    assert (await next_message(alice, "offer_ended"))["reason"] == "accepted"
+    again = await next_message(alice, "offer")  # back in the queue, still ahead of the second caller
+    assert again["call_sid"] == first.sid and rang
+    assert await center.redis.zscore(keys.queue_waiting("support"), first.sid) == entered
+    assert center.emu.queue_named("support").members[-1] == first.sid  # Twilio's queue has it again
+    today = await center.support_today()
+    assert today["offered"] == 2 and today["answered"] == 0 and today["abandoned"] == 0
+    assert [f for f in await center.facts() if f["type"] == "call.requeued"] == [
+        {"type": "call.requeued", "call_sid": first.sid, "queue": "support",
+         "at_ms": next(f["at_ms"] for f in await center.facts() if f["type"] == "call.requeued")}]
+    center.emu.softphones["alice"] = answering(rang)
+    await alice.send({"type": "accept", "offer_id": again["offer_id"]})
+    await alice.wait_for(lambda s: s["agents"]["alice"]["state"] == "on-call")
+    today = await center.support_today()
+    assert today["offered"] == 2 and today["answered"] == 1
+    del second
+
+
+async def test_pull_mode_stays_the_default(make_instance: Any) -> None:
+    server = await make_instance()
+    assert server.app[SERVICES].routing is None
