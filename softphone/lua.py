@@ -54,6 +54,8 @@ end
 
 -- Put `agent` on this caller, whose leg is `leg`: on-call, screen pop, owner of the call's wrap-up.
 local function take_over(agent, leg)
+  local prev = redis.call('HGET', ck, 'agent')
+  if prev then add_agent(prev) end  -- every agent who held the call may record its wrap-up
   local f = redis.call('HMGET', ck, 'queue', 'from', 'to', 'qt_ms', 'ttl')
   local ttl = tonumber(f[5] or 0)
   if ttl <= 0 then ttl = 86400000 end

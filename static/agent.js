@@ -90,6 +90,11 @@ function hideError() {
 // ---------------------------------------------------------------------------------------------
 // My badge and state buttons.
 
+// Other scripts of this page (agent-softphone.js) follow the console through these events, never its internals.
+function announce(name, detail) {
+  window.dispatchEvent(new CustomEvent(`callboard:${name}`, { detail }));
+}
+
 function myRecord() {
   return (me && snapshot?.agents?.[me]) || null;
 }
@@ -132,6 +137,7 @@ function renderMe() {
   dom.btnAway.classList.toggle("current", state === "away");
   updateButtons();
   renderMyQueues();
+  announce("me", { me, record, agents: snapshot?.agents || {}, queues: Object.keys(snapshot?.queues || {}) });
 }
 
 function tickMe() {
@@ -421,6 +427,7 @@ function onDelta(message) {
 }
 
 function onMessage(message) {
+  announce("message", message);
   if (message.type === "pop") {
     currentPop = message;
     renderPop();
@@ -516,6 +523,7 @@ async function setupVoice() {
     if (!window.Twilio?.Device) throw new Error("the Twilio Voice SDK did not load");
     const device = new window.Twilio.Device(answer.token);
     voice.device = device;
+    announce("device", { device, identity: answer.identity, ttlS: answer.ttl_s, fetchToken: fetchVoiceToken });
     device.on?.("error", (error) => {
       voiceNotice(`Voice error: ${error?.message || error}`, true);
     });
@@ -562,6 +570,7 @@ async function takeNext() {
     // SDK 2.x returns a Promise<Call>; 1.x returns a Connection. await handles both.
     const call = await voice.device.connect({ params: queue ? { queue } : {} });
     voice.call = call;
+    announce("call", { call });
     dom.takeNext.textContent = "Hang up";
     dom.takeNext.classList.replace("btn-primary", "btn-danger");
     dom.takeNext.disabled = false;
@@ -601,6 +610,7 @@ async function main() {
     token = await askForToken(PAGE, dom.tokenRoot);
   }
   const start = () => {
+    announce("token", { token });
     socket = new CallboardSocket(token, {
       onWelcome,
       onSnapshot,

@@ -105,11 +105,13 @@ async def phone(make_instance: Any, aiohttp_server: Any, aiohttp_client: Any, re
     return await _phone(make_instance, aiohttp_server, aiohttp_client, redis, conference_config())
 
 
-async def _phone(make_instance: Any, aiohttp_server: Any, aiohttp_client: Any, redis: Redis, config: Config) -> Phone:
-    emu = ConferenceEmulator(ACCOUNT, TWILIO_TOKEN)
-    emu_server = await aiohttp_server(emu.app())
-    settings = Settings(secret=SECRET, twilio_auth_token=TWILIO_TOKEN, twilio_account_sid=ACCOUNT,
-                        twilio_api_url=f"http://{emu_server.host}:{emu_server.port}")
+async def _phone(make_instance: Any, aiohttp_server: Any, aiohttp_client: Any, redis: Redis, config: Config, *,
+                 settings: Settings | None = None, emu: ConferenceEmulator | None = None) -> Phone:
+    if emu is None or settings is None:
+        emu = ConferenceEmulator(ACCOUNT, TWILIO_TOKEN)
+        emu_server = await aiohttp_server(emu.app())
+        settings = Settings(secret=SECRET, twilio_auth_token=TWILIO_TOKEN, twilio_account_sid=ACCOUNT,
+                            twilio_api_url=f"http://{emu_server.host}:{emu_server.port}")
     clock = FakeClock()
     server = await make_instance(config, app_settings=settings, clock=clock)
     client = await aiohttp_client(server)
@@ -278,6 +280,10 @@ async def test_cold_transfer_moves_the_call_and_keeps_statistics_exact(phone: Ph
     assert json.loads(call["transfers"]) == [{"from": "alice", "to": "bob", "at_ms": phone.clock.now_ms(), "warm": False}]
     [fact] = await phone.facts("call.transfer")
     assert (fact["from"], fact["to"], fact["warm"], fact["call_sid"]) == ("alice", "bob", False, caller)
+    # both agents who held the call may record a disposition; nobody else
+    assert (await phone.api(caller, "wrap-up", {"disposition": "follow-up"}, tok=token("alice")))[0] == 200
+    assert (await phone.api(caller, "wrap-up", {"disposition": "resolved"}, tok=token("bob")))[0] == 200
+    assert (await phone.api(caller, "wrap-up", {"disposition": "resolved"}, tok=token("dave")))[0] == 403
     # alice's wrap-up ends; it is not the call's (bob holds it now)
     phone.clock.advance(10)
     await until(lambda: _is(phone, "alice", "available"))
