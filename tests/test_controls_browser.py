@@ -230,6 +230,55 @@ async def test_queue_mode_hides_conference_controls_with_a_reason(browser: Any, 
     assert page.errors == []
 
 
+async def test_supervisor_monitors_from_the_wallboard(browser: Any, make_instance: Any, aiohttp_server: Any,
+                                                      aiohttp_client: Any, redis: Redis) -> None:
+    phone = await _voice_phone(make_instance, aiohttp_server, aiohttp_client, redis, bridge="conference")
+    await online(phone, "alice")
+    caller = await phone.caller()
+    await phone.take_next("alice")
+    await until(lambda: _is_state(phone, "alice", "on-call"))
+    base = f"http://{phone.server.host}:{phone.server.port}"
+
+    # a wall display's token never offers monitoring
+    context = await browser.new_context(viewport={"width": 1400, "height": 900})
+    await context.add_init_script(STAND_IN_SDK)
+    wall = await context.new_page()
+    await wall.goto(f"{base}/wallboard#token={token('wall-1', 'wallboard')}")
+    await wall.wait_for_selector('[data-agent="alice"]')
+    await wall.click('[data-agent="alice"]')
+    await asyncio.sleep(0.5)
+    assert await wall.locator(tid("monitor-popover")).count() == 0
+    await context.close()
+
+    context = await browser.new_context(viewport={"width": 1400, "height": 900})
+    await context.add_init_script(STAND_IN_SDK)
+    page = await context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    await page.goto(f"{base}/wallboard#token={token('boss', 'supervisor')}")
+    await page.wait_for_selector('[data-agent="alice"]')
+    await page.click('[data-agent="alice"]')
+    await page.wait_for_selector(tid("monitor-popover"))
+    await page.click(tid("monitor-listen"))
+    # the wallboard registered its own device as supervisor:boss and asked for a muted participant
+    await until(lambda: _true(bool(phone.rest("POST", "/Participants.json"))))
+    [create] = phone.rest("POST", "/Participants.json")
+    assert create["To"] == "client:supervisor:boss" and create["Muted"] == "true"
+    log = await sdk_log(page)
+    assert jwt.decode(log[0][1], API_SECRET, algorithms=["HS256"])["grants"]["identity"] == "supervisor:boss"
+    assert ["register"] in log
+    # Twilio rings the supervisor's browser: it answers the call it asked for
+    await page.evaluate("() => window.__sdk.device.emit('incoming', new window.__StandInCall({}))")
+    await wait_js(page, "() => window.__sdk.log.some(e => e[0] === 'accept')")
+    await wait_js(page, "() => document.querySelector('[data-testid=\"monitor-status\"]')?.textContent.includes('Monitoring alice')")
+    # a call it did not ask for is declined
+    await page.evaluate("() => window.__sdk.device.emit('incoming', new window.__StandInCall({}))")
+    await wait_js(page, "() => window.__sdk.log.some(e => e[0] === 'reject')")
+    [fact] = await phone.facts("call.monitor")
+    assert (fact["call_sid"], fact["supervisor"], fact["mode"]) == (caller, "boss", "listen")
+    assert errors == []
+
+
 async def _true(value: bool) -> bool:
     return value
 
