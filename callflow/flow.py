@@ -97,6 +97,8 @@ class CallFlow:
         self._spool: deque[CallEvent] = deque()
         # set by softphone/ in conference mode: (request, agent id, agent leg CallSid, queue) -> TwiML
         self.take_next_in_conference: Callable[[web.Request, str, str, str], Awaitable[str]] | None = None
+        # set by softphone/ in conference mode: (request, caller CallSid, offer id, agent, queue) -> TwiML
+        self.connect_in_conference: Callable[[web.Request, str, str, str, str], Awaitable[str]] | None = None
         self._spool_wakeup = asyncio.Event()
         if self.auth_token is None and insecure:
             log.warning("INSECURE: Twilio webhook signatures are NOT checked (--insecure-dev); anyone who can "

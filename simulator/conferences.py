@@ -102,6 +102,8 @@ class ConferenceEmulator:
     def routes(self) -> list[web.RouteDef]:
         p = API
         return [
+            web.get(p + "/Queues.json", self._list_queues),
+            web.post(p + "/Queues/{queue}/Members/{call}.json", self._dequeue_member),
             web.post(p + "/Calls/{call}.json", self._update_call),
             web.get(p + "/Calls/{call}.json", self._read_call),
             web.get(p + "/Conferences/{conf}.json", self._read_conference),
@@ -273,6 +275,38 @@ class ConferenceEmulator:
             await self.run_twiml(call.sid, text)
 
     # -- REST views --------------------------------------------------------------------------------------
+
+    # -- queues: just enough for routing's dequeue of an accepted offer (routing's emulator has the rest) ---
+
+    @staticmethod
+    def queue_sid(name: str) -> str:
+        import hashlib
+
+        return "QU" + hashlib.sha256(name.encode()).hexdigest()[:32]
+
+    async def _list_queues(self, request: web.Request) -> web.StreamResponse:
+        names = sorted({c.queue for c in self.calls.values() if c.queue})
+        uri = f"/2010-04-01/Accounts/{self.account_sid}/Queues.json"
+        queues = [{"sid": self.queue_sid(n), "friendly_name": n, "account_sid": self.account_sid,
+                   "current_size": sum(1 for c in self.calls.values() if c.queue == n),
+                   "uri": f"/2010-04-01/Accounts/{self.account_sid}/Queues/{self.queue_sid(n)}.json"} for n in names]
+        return web.json_response({"queues": queues, "page": 0, "page_size": 1000, "start": 0,
+                                  "end": max(len(queues) - 1, 0), "first_page_uri": uri, "next_page_uri": None,
+                                  "previous_page_uri": None, "uri": uri})
+
+    async def _dequeue_member(self, request: web.Request) -> web.StreamResponse:
+        call = self.calls.get(request.match_info["call"])
+        if call is None or call.queue is None or self.queue_sid(call.queue) != request.match_info["queue"]:
+            return _error(404, 20404, f"The requested resource {request.path} was not found")
+        form = await request.post()
+        url = str(form.get("Url") or "")
+        if not url:
+            return _error(400, 21205, "Url parameter is required")
+        body = {"call_sid": call.sid, "queue_sid": self.queue_sid(call.queue), "position": 1, "wait_time": 0,
+                "account_sid": self.account_sid}
+        call.queue = None
+        self._spawn(self._fetch_and_run(call, url))
+        return web.json_response(body)
 
     async def _update_call(self, request: web.Request) -> web.StreamResponse:
         call = self.calls.get(request.match_info["call"])

@@ -59,6 +59,7 @@ class Controls:
         self.conference_mode = config.center.bridge == "conference"
         if self.conference_mode:
             flow.take_next_in_conference = self.take_next
+            flow.connect_in_conference = self.connect_offer
 
     # -- composition -------------------------------------------------------------------------------------
 
@@ -263,6 +264,61 @@ class Controls:
         return sp_twiml.conference(caller, self.config.center.conference_region, end_on_exit=False,
                                    status_url=self._url(request, "conference-events", call=caller), label=f"agent:{agent}")
 
+    # -- conference mode, offer routing: an accepted offer's caller ------------------------------------------
+
+    async def connect_offer(self, request: web.Request, caller: str, offer: str, agent: str, queue: str) -> str:
+        """Routing dequeued an accepted caller to `connect`: the caller into its conference, the agent rung in.
+
+        The agent's client is added with the Participants resource; its answer is the bridge (see
+        _participant, kind "offer"), so the caller is counted answered only when an agent is really there.
+        """
+        call = await self._call(caller)
+        try:
+            await self.rest.add_participant(
+                caller, to=rules.client_identity(agent), from_=call.get("from") or "callboard",
+                status_callback=self._url(request, "participant", call=caller, agent=agent, kind="offer",
+                                          offer=offer, queue=queue),
+                timeout=TRANSFER_RING_S, end_conference_on_exit=False, beep="false", label=f"agent:{agent}")
+        except RestError as exc:
+            log.warning("offer %s: could not ring %s into the conference (%s); caller back to %s", offer, agent, exc, queue)
+            await self._release_offer(request, offer, caller, bridged=False)
+            return self._requeue_twiml(request, queue, answered=False)
+        return sp_twiml.conference(caller, self.config.center.conference_region, end_on_exit=True,
+                                   status_url=self._url(request, "conference-events", call=caller),
+                                   wait_url=self.config.center.hold_music_url, label="caller")
+
+    async def _release_offer(self, request: web.Request, offer: str, caller: str, *, bridged: bool) -> None:
+        from callboard.services import SERVICES
+
+        router = getattr(request.app[SERVICES], "routing", None)
+        if router is None:
+            return
+        try:
+            await router.connected(offer, caller, bridged)
+        except (RedisError, OSError) as exc:  # the offer's connect deadline releases it instead
+            log.warning("could not release offer %s now (%s); its deadline will", offer, exc)
+
+    async def _offer_participant(self, request: web.Request, caller: str, agent: str, part: str, status: str) -> None:
+        offer, queue = request.query.get("offer", ""), request.query.get("queue", "")
+        if self.config.queue(queue) is None:
+            return
+        if status in ANSWERED_STATUSES:
+            await self.flow.record(CallEvent(BRIDGE, self.clock.now_ms(), {
+                "sid": caller, "leg": part, "queue": queue, "agent": agent}))
+            await self._release_offer(request, offer, caller, bridged=True)
+            await self.step({"op": "holder_leg", "sid": caller, "leg": part, "agent": agent})
+        elif status in END_STATUSES:
+            call = await self._call(caller)
+            if call.get("leg") == part:  # the agent had the caller: their leg is over, wrap-up starts
+                await self.flow.record(CallEvent(STATUS, self.clock.now_ms(), {"sid": part, "agent": agent}))
+                return
+            await self._release_offer(request, offer, caller, bridged=False)
+            if not call.get("end_ms"):
+                try:  # the agent never answered: the caller goes back to its queue, keeping its place
+                    await self.rest.redirect_call(caller, self._url(request, "requeue", queue=queue, call=caller))
+                except RestError as exc:
+                    log.warning("offer %s: caller %s could not be put back in %s: %s", offer, caller, queue, exc)
+
     # -- Twilio webhooks ------------------------------------------------------------------------------------
 
     async def _conference(self, request: web.Request, form: MultiDictProxy[str]) -> str:
@@ -308,6 +364,9 @@ class Controls:
         status = form.get("CallStatus", "")
         if not caller or not agent:
             return callflow_twiml.empty()
+        if kind == "offer":
+            await self._offer_participant(request, caller, agent, part, status)
+            return callflow_twiml.empty()
         if kind == "monitor":
             if status in END_STATUSES:
                 await self.step({"op": "monitor_end", "sid": caller, "part": part})
@@ -333,11 +392,19 @@ class Controls:
         return conf.decode() if isinstance(conf, bytes) else (conf or caller)
 
     async def _requeue(self, request: web.Request, form: MultiDictProxy[str]) -> str:
-        queue = self.config.queue(request.query.get("queue", "")) or self.config.queues[0]
+        caller = _required(form, "CallSid")
+        queue = (self.config.queue(request.query.get("queue", "")) or self.config.queues[0]).name
+        answered = bool(await self.redis.hexists(keys.call(caller), "ans"))
+        return self._requeue_twiml(request, queue, answered=answered)
+
+    def _requeue_twiml(self, request: web.Request, name: str, *, answered: bool) -> str:
+        """<Enqueue> again. A caller never answered leaves through queue-result (an abandon counts there);
+        an answered one (transferred to a queue) through requeue-result, which counts nothing twice."""
+        queue = self.config.queue(name) or self.config.queues[0]
         center = self.config.center
         voice = callflow_twiml.Voice(queue.language or center.language, queue.voice or center.voice)
-        return sp_twiml.requeue(queue.name, voice, self._url(request, "requeue-result", queue=queue.name),
-                                self._url(request, "wait", queue=queue.name))
+        action = self._url(request, "requeue-result" if answered else "queue-result", queue=queue.name)
+        return sp_twiml.requeue(queue.name, voice, action, self._url(request, "wait", queue=queue.name))
 
     async def _requeue_result(self, request: web.Request, form: MultiDictProxy[str]) -> str:
         caller = _required(form, "CallSid")

@@ -220,6 +220,14 @@ elseif kind == 'monitor_end' then
     out.ok = true
   end
 
+elseif kind == 'holder_leg' then
+  -- an offered agent added as a participant answered: their leg is the holder's (for monitor and hang-up)
+  if redis.call('HGET', ck, 'agent') == op.agent then
+    redis.call('HSET', ck, 'leg', op.leg)
+    add_agent(op.agent)
+  end
+  out.ok = true
+
 elseif kind == 'conference' then
   redis.call('HSETNX', ck, 'conf', op.conf)
   out.ok = true
