@@ -308,7 +308,10 @@ class Controls:
             await self._release_offer(request, offer, caller, bridged=True)
             await self.step({"op": "holder_leg", "sid": caller, "leg": part, "agent": agent})
         elif status in END_STATUSES:
-            call = await self._call(caller)
+            try:
+                call = await self._call(caller)
+            except ControlError:  # not a call of ours (expired, or a forged query): nothing to undo
+                return
             if call.get("leg") == part:  # the agent had the caller: their leg is over, wrap-up starts
                 await self.flow.record(CallEvent(STATUS, self.clock.now_ms(), {"sid": part, "agent": agent}))
                 return

@@ -500,3 +500,28 @@ async def test_queue_mode_answers_409_for_conference_controls(make_instance: Any
     # hang-up needs no conference
     status, answer = await phone.api(caller, "hangup", tok=token("alice"))
     assert status == 200 and phone.rest("POST", f"/Calls/{caller}.json") == [{"Status": "completed"}]
+
+
+async def test_conference_webhooks_are_signed_and_shrug_off_unknown_calls(phone: Phone) -> None:
+    unknown = "CA" + "3" * 32
+    for route, params, query in (
+        ("participant", {"CallSid": "CA" + "2" * 32, "CallStatus": "in-progress"},
+         {"call": unknown, "agent": "bob", "kind": "transfer"}),
+        ("participant", {"CallSid": "CA" + "2" * 32, "CallStatus": "completed"},
+         {"call": unknown, "agent": "bob", "kind": "offer", "offer": "o1", "queue": "support"}),
+        ("participant", {"CallSid": "CA" + "2" * 32, "CallStatus": "completed"},
+         {"call": unknown, "agent": "boss", "kind": "monitor"}),
+        ("conference-events", {"ConferenceSid": "CF1", "FriendlyName": unknown, "CallSid": "CA" + "2" * 32,
+                               "StatusCallbackEvent": "participant-leave"}, {"call": unknown}),
+        ("requeue-result", {"CallSid": unknown, "QueueResult": "hangup"}, {"queue": "support"}),
+        ("hold-music", {"CallSid": unknown}, None),
+        ("conference", {"CallSid": unknown}, {"call": unknown}),
+    ):
+        status, body = await phone.twilio.post(route, params, query)
+        assert status == 200 and body.startswith("<?xml"), (route, status, body)
+        status, body = await phone.twilio.post(route, params, query, signature=None)
+        assert status == 403 and body == "Missing X-Twilio-Signature header."
+    status, body = await phone.twilio.post("participant", {"CallStatus": "completed"}, {"call": unknown})
+    assert status == 400 and "CallSid" in body
+    assert await phone.redis.exists(keys.call(unknown)) == 0  # nothing invented for a call we never saw
+    assert phone.emu.requests == []
