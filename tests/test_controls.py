@@ -106,14 +106,15 @@ async def phone(make_instance: Any, aiohttp_server: Any, aiohttp_client: Any, re
 
 
 async def _phone(make_instance: Any, aiohttp_server: Any, aiohttp_client: Any, redis: Redis, config: Config, *,
-                 settings: Settings | None = None, emu: ConferenceEmulator | None = None) -> Phone:
+                 settings: Settings | None = None, emu: ConferenceEmulator | None = None,
+                 url: str | None = None) -> Phone:
     if emu is None or settings is None:
         emu = ConferenceEmulator(ACCOUNT, TWILIO_TOKEN)
         emu_server = await aiohttp_server(emu.app())
         settings = Settings(secret=SECRET, twilio_auth_token=TWILIO_TOKEN, twilio_account_sid=ACCOUNT,
                             twilio_api_url=f"http://{emu_server.host}:{emu_server.port}")
     clock = FakeClock()
-    server = await make_instance(config, app_settings=settings, clock=clock)
+    server = await make_instance(config, app_settings=settings, clock=clock, url=url)
     client = await aiohttp_client(server)
     return Phone(server, client, emu, FakeTwilio(client, TWILIO_TOKEN), redis, clock, config)
 
@@ -525,3 +526,20 @@ async def test_conference_webhooks_are_signed_and_shrug_off_unknown_calls(phone:
     assert status == 400 and "CallSid" in body
     assert await phone.redis.exists(keys.call(unknown)) == 0  # nothing invented for a call we never saw
     assert phone.emu.requests == []
+
+
+async def test_redis_gone_controls_answer_503_and_twilio_is_not_touched(make_instance: Any, aiohttp_server: Any,
+                                                                        aiohttp_client: Any, redis: Redis,
+                                                                        redis_server_factory: Any) -> None:
+    proc, url, _ = redis_server_factory()
+    private = Redis.from_url(url)
+    phone = await _phone(make_instance, aiohttp_server, aiohttp_client, private, conference_config(), url=url)
+    caller, _, _ = await bridged(phone)
+    before = len(phone.emu.requests)
+    proc.kill()
+    proc.wait(5)
+    for control, body in (("hold", {"on": True}), ("hangup", None), ("wrap-up", {"disposition": "resolved"})):
+        status, answer = await phone.api(caller, control, body, tok=token("alice"))
+        assert status == 503 and answer["code"] == "unavailable" and "Redis" in answer["error"], (control, answer)
+    assert len(phone.emu.requests) == before
+    await private.aclose()
