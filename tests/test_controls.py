@@ -543,3 +543,15 @@ async def test_redis_gone_controls_answer_503_and_twilio_is_not_touched(make_ins
         assert status == 503 and answer["code"] == "unavailable" and "Redis" in answer["error"], (control, answer)
     assert len(phone.emu.requests) == before
     await private.aclose()
+
+
+async def test_the_agent_hanging_up_their_softphone_ends_the_callers_call(phone: Phone) -> None:
+    caller, leg, _ = await bridged(phone)
+    phone.clock.advance(25)
+    await phone.emu.end_call(leg)  # the agent's own leg ends (their browser hung up)
+    await phone.emu.settle()
+    # nobody else holds the caller and no transfer rings: callboard hangs the caller up, not leaves it alone
+    assert phone.rest("POST", f"/Calls/{caller}.json")[-1] == {"Status": "completed"}
+    assert phone.emu.calls[caller].status == "completed"
+    await until(lambda: _is(phone, "alice", "wrap-up"))
+    assert (await phone.call(caller))["talk_ms"] == "25000"
