@@ -9,7 +9,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -49,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     # The demo center has 12 agents and ~3-minute calls: 4 a minute keeps the floor busy from the first
     # minute with some callers waiting and a few abandons, as a real busy hour looks.
     demo.set_defaults(func=_cmd_demo, calls_per_minute=4.0, url=None)
+    demo.add_argument("--routing", choices=("pull", "offer"), default="pull",
+                      help="pull (default): simulated agents take the next caller; offer: callboard offers callers "
+                           "to agents, Twilio's side played by the loopback emulator")
 
     sim = sub.add_parser("simulate", help="drive a running callboard like Twilio and softphones would")
     simulate.add_arguments(sim)
@@ -202,6 +205,15 @@ async def _serve(args: argparse.Namespace, *, demo: bool) -> int:
         notes.append("demo: Twilio webhooks are signed with a generated dev token")
     if demo and not settings.public_url:
         settings = dataclasses.replace(settings, public_url=f"http://{_client_host(settings.host)}:{settings.port}")
+    emulator = None
+    if demo and getattr(args, "routing", "pull") == "offer":  # routing: Twilio's REST side on loopback
+        from simulator.offer_demo import DEMO_ACCOUNT_SID, start_emulator
+
+        config = dataclasses.replace(config, routing=dataclasses.replace(config.routing, mode="offer"))
+        emulator = await start_emulator(settings.twilio_auth_token or "")
+        settings = dataclasses.replace(settings, twilio_api_url=emulator[1], twilio_account_sid=DEMO_ACCOUNT_SID,
+                                       twilio_api_key=None, twilio_api_secret=None)
+        notes.append(f"demo: offer mode; Twilio's REST API is the emulator on {emulator[1]}")
     setup_logging(args.log_format, secrets=[settings.secret, settings.twilio_auth_token, settings.twilio_api_secret])
     for note in notes:
         log.info(note)
@@ -236,7 +248,8 @@ async def _serve(args: argparse.Namespace, *, demo: bool) -> int:
         log.info("serving on %s (wallboard %s/wallboard, metrics %s/metrics)", base, base, base)
         sim_task = None
         if demo:
-            sim_task = asyncio.create_task(_run_demo_simulation(args, config, settings, base, stop))
+            sim_task = asyncio.create_task(_run_demo_simulation(args, config, settings, base, stop,
+                                                                emulator[0] if emulator else None))
         await stop.wait()
         if sim_task is not None:  # the simulator sees `stop` too: let it hang up its calls first
             try:
@@ -246,13 +259,15 @@ async def _serve(args: argparse.Namespace, *, demo: bool) -> int:
         log.info("shutting down: draining websockets (1012) and releasing the lease")
     finally:
         await runner.cleanup()
+        if emulator is not None:
+            await emulator[2].cleanup()
         if embedded is not None:
             embedded.stop()
     return 0
 
 
 async def _run_demo_simulation(args: argparse.Namespace, config: Config, settings: Settings, base: str,
-                               stop: asyncio.Event) -> None:
+                               stop: asyncio.Event, emulator: Any = None) -> None:
     from callboard.auth import issue_token
     from simulator import run as simulate
 
@@ -265,6 +280,16 @@ async def _run_demo_simulation(args: argparse.Namespace, config: Config, setting
         agent = issue_token(secret, agent_id, "agent", 7 * 86400)
         print(f"  Agent console:  {base}/agent#token={agent}   (the simulator drives {agent_id} too)", flush=True)
     print(f"  Metrics:        {base}/metrics\n  Stop with Ctrl-C.\n", flush=True)
+    if emulator is not None:  # routing: offer mode
+        from simulator.offer_demo import OfferDemo
+
+        demo = OfferDemo(config=config, secret=secret, emu=emulator, base=base, stop=stop,
+                         calls_per_minute=args.calls_per_minute, speed=args.speed, seed=args.seed)
+        try:
+            print(f"  offer demo: {(await demo.run()).line()}", flush=True)
+        except Exception:
+            log.exception("the offer demo stopped")
+        return
     opts = simulate.options_from_args(args, config=config, secret=secret,
                                       twilio_auth_token=settings.twilio_auth_token or "",
                                       public_url=settings.public_url, url=base)

@@ -26,6 +26,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from callboard import keys
 from callboard.clock import Clock
 from callboard.config import E164_RE, Config, Queue
+from callboard.services import SERVICES
 from callflow import signature, twiml
 from callflow.events import AGENT_LEG, BRIDGE, INCOMING, QUEUE_RESULT, STATUS, Applied, CallEvent, CallStore
 from callflow.stats import (
@@ -199,6 +200,8 @@ class CallFlow:
         voice = self._voice(queue)
         if mode == "unstaffed":
             return twiml.unstaffed(voice)
+        if (router := request.app[SERVICES].routing) is not None:
+            router.wake()  # routing (offer mode): look for an agent now, not at the next tick
         return twiml.enqueue(queue.name, queue.greeting, voice,
                              action_url=self._url(request, "queue-result", queue=queue.name),
                              wait_url=self._url(request, "wait", queue=queue.name))

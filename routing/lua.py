@@ -5,7 +5,7 @@ PREFIX, emit, load_rec, apply) is in scope: an agent set away for missed offers 
 presence rules and change stream as any other transition, in the same atomic call.
 
 Offer hash (keys.offer(id)) fields: call, agent, queue, state (open | accepting | connecting), created_ms,
-due_ms, entered_ms. Reservations: OFFER_AGENTS (agent -> offer id) and OFFER_CALLS (CallSid -> offer id);
+due_ms, entered_ms, msg (the `offer` entry's payload, msgpack, for a resync). Reservations: OFFER_AGENTS (agent -> offer id) and OFFER_CALLS (CallSid -> offer id);
 an offer holds both from creation until it ends, so an agent has at most one offer and a caller is offered
 to one agent at a time. OFFER_DUE orders offers by when they must be looked at again: an open offer at its
 expiry, an accepted one at its connect deadline (an instance that died mid-dequeue cannot strand anyone).
@@ -185,9 +185,10 @@ for _, p in ipairs(proposals) do
         redis.call('ZADD', OFFER_DUE, due, id)
         local from = redis.call('HGET', k_call_h(p.call), 'from') or ''
         local info = redis.call('GET', k_caller(p.call))
-        emit('offer', agent, {type = 'offer', offer_id = id, call_sid = p.call, queue = p.queue, from = from,
-                              waited_s = math.max(NOW - entered, 0) / 1000, expires_ms = due,
-                              customers_json = info or ''})
+        local msg = {type = 'offer', offer_id = id, call_sid = p.call, queue = p.queue, from = from,
+                     waited_s = math.max(NOW - entered, 0) / 1000, expires_ms = due, customers_json = info or ''}
+        redis.call('HSET', k_offer(id), 'msg', cmsgpack.pack(msg))  -- for a mirror that resyncs
+        emit('offer', agent, msg)
         fact({type = 'offer.created', call_sid = p.call, offer_id = id, agent = agent, queue = p.queue})
         created[#created + 1] = {id, p.call, agent, p.queue, entered, rec.since_ms or 0}
         break

@@ -10,6 +10,11 @@ from __future__ import annotations
 import json
 from typing import Any, Protocol
 
+import msgpack
+from redis.asyncio import Redis
+
+from callboard import keys
+
 MAX_CUSTOMERS = 20  # an offer shows the matches a person can read at a glance; the pop has the rest
 RINGING, MISSED_OFFERS = "ringing", "missed_offers"
 
@@ -71,3 +76,23 @@ def apply_offer_entry(mirror: _Mirror, kind: str, agent_id: str, data: dict[str,
             entry[MISSED_OFFERS] = data["missed_offers"]
     changes.pops.append((agent_id, message))
     changes.agents.add(agent_id)
+
+
+async def load_offer_state(redis: Redis, mirror: _Mirror, day: str) -> None:
+    """A resync: every agent's open offer and today's missed offers, read from Redis into the mirror."""
+    by_agent = await redis.hgetall(keys.OFFER_AGENTS)
+    missed = await redis.hgetall(keys.offers_missed(day))
+    offers: dict[str, dict[str, Any]] = {}
+    for agent, offer_id in by_agent.items():
+        state, raw = await redis.hmget(keys.offer(_text(offer_id)), "state", "msg")
+        if state == b"open" and raw:
+            offers[_text(agent)] = offer_message(msgpack.unpackb(raw, raw=False))
+    mirror.offers = offers
+    counts = {_text(a): int(n) for a, n in missed.items()}
+    for agent_id, entry in mirror.agents.items():
+        entry[RINGING] = agent_id in offers
+        entry[MISSED_OFFERS] = counts.get(agent_id, 0)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

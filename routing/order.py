@@ -50,24 +50,25 @@ def _longest_first(agents: Iterable[AvailableAgent]) -> list[AvailableAgent]:
 
 
 def ranked(caller: Caller, agents: Sequence[AvailableAgent], order: Sequence[str] = (OWNER, TEAM, QUEUE),
-           limit: int = MAX_CANDIDATES) -> list[str]:
-    """The agents to offer `caller` to, best first (at most `limit`)."""
-    by_id = {a.id: a for a in agents}
-    owner = by_id.get(caller.owner) if caller.owner else None
+           limit: int = MAX_CANDIDATES, *, presorted: bool = False) -> list[str]:
+    """The agents to offer `caller` to, best first (at most `limit`). `presorted`: agents are already
+    longest-available first (plan() sorts once per tick instead of once per caller)."""
+    pool = agents if presorted else _longest_first(agents)
+    owner = next((a for a in pool if a.id == caller.owner), None) if caller.owner else None
     team = caller.owner_team or (owner.team if owner else None)
     out: list[str] = []
     seen: set[str] = set()
     for step in order:
         if step == OWNER:
-            group = [owner] if owner is not None else []
+            group: Iterable[AvailableAgent] = [owner] if owner is not None else []
         elif step == TEAM:
-            group = [a for a in agents if team is not None and a.team == team and caller.queue in a.queues] \
+            group = (a for a in pool if team is not None and a.team == team and caller.queue in a.queues) \
                 if caller.owner or caller.owner_team else []
         elif step == QUEUE:
-            group = [a for a in agents if caller.queue in a.queues]
+            group = (a for a in pool if caller.queue in a.queues)
         else:
             group = []
-        for agent in _longest_first(group):
+        for agent in group:
             if agent.id not in seen:
                 seen.add(agent.id)
                 out.append(agent.id)
@@ -84,12 +85,12 @@ def fifo(callers: Iterable[Caller]) -> list[Caller]:
 def plan(callers: Iterable[Caller], agents: Sequence[AvailableAgent], order: Sequence[str] = (OWNER, TEAM, QUEUE),
          limit: int = MAX_CANDIDATES) -> list[tuple[Caller, list[str]]]:
     """(caller, ranked candidates) for every caller that has any, FIFO; earlier callers take their first choice."""
-    pool = list(agents)
+    pool = _longest_first(agents)
     out: list[tuple[Caller, list[str]]] = []
     for caller in fifo(callers):
         if not pool:
             break
-        candidates = ranked(caller, pool, order, limit)
+        candidates = ranked(caller, pool, order, limit, presorted=True)
         if not candidates:
             continue
         out.append((caller, candidates))

@@ -24,7 +24,7 @@ import msgpack
 from prometheus_client import Counter, Histogram
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from twilio.base.exceptions import TwilioRestException
+from twilio.base.exceptions import TwilioException, TwilioRestException
 
 from callboard import keys
 from callboard.clock import Clock
@@ -209,9 +209,12 @@ class Router:
             reason = "dequeue_failed"
             log.warning("offer %s: Twilio refused the dequeue of %s (HTTP %s, code %s: %s)", offer_id, call_sid,
                         exc.status, exc.code, exc.msg)
-        except RestNotConfigured as exc:
+        except (RestNotConfigured, TwilioException) as exc:  # e.g. 401: the credentials are wrong
             reason = "dequeue_failed"
             log.error("offer %s: cannot dequeue %s: %s", offer_id, call_sid, exc)
+        except Exception:  # a boundary: whatever went wrong, Redis must hear that this offer failed
+            reason = "dequeue_failed"
+            log.exception("offer %s: dequeue of %s failed unexpectedly", offer_id, call_sid)
         outcome = "failed" if reason else "ok"
         for attempt in range(5):  # Redis away for a moment: the connect deadline is the last resort
             try:

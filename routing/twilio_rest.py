@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import aiohttp
-from twilio.base.exceptions import TwilioRestException
+from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
 
@@ -40,10 +40,23 @@ class RestNotConfigured(Exception):
     """No Twilio REST credentials: set TWILIO_ACCOUNT_SID and an auth token or API key/secret."""
 
 
+def status_of(exc: BaseException) -> int | None:
+    """The HTTP status of a Twilio failure: TwilioRestException has it; a list page's TwilioException
+    carries the response as its second argument."""
+    if isinstance(exc, TwilioRestException):
+        return exc.status
+    if isinstance(exc, TwilioException) and len(exc.args) > 1:
+        return getattr(exc.args[1], "status_code", None)
+    return None
+
+
 def retryable(exc: BaseException) -> bool:
     """Is this failure worth another attempt? Rate limits, server errors, connection errors, timeouts."""
-    if isinstance(exc, TwilioRestException):
-        return exc.status == 429 or exc.code == RATE_LIMITED or exc.status >= 500
+    if isinstance(exc, TwilioRestException) and exc.code == RATE_LIMITED:
+        return True
+    if isinstance(exc, TwilioException):
+        status = status_of(exc)
+        return status is not None and (status == 429 or status >= 500)
     return isinstance(exc, aiohttp.ClientError | TimeoutError | ConnectionError)
 
 
@@ -110,7 +123,7 @@ class TwilioRest:
                     return await request(client)
             except asyncio.CancelledError:
                 raise
-            except (TwilioRestException, aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
+            except (TwilioException, aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
                 if not retryable(exc):
                     raise
                 last = exc
@@ -162,4 +175,6 @@ class TwilioRest:
 def _describe(exc: BaseException | None) -> str:
     if isinstance(exc, TwilioRestException):
         return f"HTTP {exc.status}, code {exc.code}: {exc.msg}"
+    if isinstance(exc, TwilioException):
+        return f"HTTP {status_of(exc)}: {exc.args[0] if exc.args else exc}"
     return repr(exc)

@@ -391,7 +391,7 @@ class ConferenceEmulator:
         await asyncio.sleep(self.ring_delay_s)
         call.status = "ringing"
         await self._status(call, "ringing", "ringing")
-        identity = call.to.removeprefix("client:")
+        identity = call.to.removeprefix("client:").split("?")[0]  # client:alice?offer_id=...: custom parameters
         policy = self.softphones.get(identity, "answer")
         if policy == "answer":
             await asyncio.sleep(self.ring_delay_s)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 from typing import Any
+from urllib.parse import quote
 
 import msgpack
 from aiohttp import web
@@ -274,8 +275,9 @@ class Controls:
         """
         call = await self._call(caller)
         try:
+            # the offer id rides as a custom parameter, so the console answers the call of the offer it accepted
             await self.rest.add_participant(
-                caller, to=rules.client_identity(agent), from_=call.get("from") or "callboard",
+                caller, to=f"{rules.client_identity(agent)}?offer_id={quote(offer)}", from_=call.get("from") or "callboard",
                 status_callback=self._url(request, "participant", call=caller, agent=agent, kind="offer",
                                           offer=offer, queue=queue),
                 timeout=TRANSFER_RING_S, end_conference_on_exit=False, beep="false", label=f"agent:{agent}")

@@ -143,6 +143,8 @@ function onIncoming(call) {
   const from = call?.parameters?.From || "";
   ui.incoming.querySelector(".sp-incoming-text").textContent = from ? t("Incoming call from {from}", { from }) : t("Incoming call");
   const gone = () => { if (sp.incoming === call) { sp.incoming = null; ui.incoming.hidden = true; } };
+  // answered elsewhere on the page (agent-offers.js auto-answers the call of an accepted offer)
+  call?.on?.("accept", () => { if (sp.incoming === call) { gone(); adoptCall(call); } });
   call?.on?.("cancel", gone);
   call?.on?.("disconnect", gone);
   call?.on?.("reject", gone);

@@ -23,6 +23,7 @@ import {
   stateLabel,
   takeToken,
 } from "./common.js";
+import { offers } from "./agent-offers.js";
 
 const PAGE = "agent";
 const ERROR_VISIBLE_MS = 15_000;
@@ -428,6 +429,7 @@ function onDelta(message) {
 
 function onMessage(message) {
   announce("message", message);
+  if (offers.onMessage(message)) return; // routing: offer, offer_ended (static/agent-offers.js)
   if (message.type === "pop") {
     currentPop = message;
     renderPop();
@@ -455,6 +457,7 @@ function voiceNotice(text, presenceOnly = false) {
 
 function presenceOnly(reason) {
   voice.ready = false;
+  offers.voiceUnavailable();
   dom.takeNext.disabled = true;
   voiceNotice(`Presence only: ${reason}`, true);
   dom.takeNext.dataset.voice = "unavailable";
@@ -536,6 +539,7 @@ async function setupVoice() {
       }
     });
     voice.ready = true;
+    offers.attachDevice(device);
     dom.takeNext.disabled = false;
     dom.takeNext.dataset.voice = "ready";
     voiceNotice(`Voice ready${answer.identity ? ` as ${answer.identity}` : ""}.`);
@@ -616,6 +620,7 @@ async function main() {
       onSnapshot,
       onDelta,
       onMessage,
+      hello: () => offers.hello(),
       onStatus: async (status) => {
         onStatus(status);
         live = status.state === "live";
@@ -628,6 +633,7 @@ async function main() {
         }
       },
     });
+    offers.bind((message) => socket?.send(message) ?? false);
     socket.start();
   };
   start();

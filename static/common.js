@@ -395,7 +395,8 @@ export class CallboardSocket {
     ws.addEventListener("open", () => {
       if (this.ws !== ws) return;
       this.openedAt = Date.now();
-      ws.send(JSON.stringify({ type: "hello", token: this.token }));
+      // handlers.hello may add fields (the agent console says whether it can take offered calls)
+      ws.send(JSON.stringify({ type: "hello", token: this.token, ...(this.handlers.hello?.() || {}) }));
       this.emit("onStatus", { state: "open" });
     });
     ws.addEventListener("message", (event) => {

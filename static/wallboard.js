@@ -352,6 +352,8 @@ function renderAgent(id) {
     pending.teams.add(key);
   }
   setText(view.state, stateLabel(state));
+  view.root.classList.toggle("ringing", agent.ringing === true); // routing: an offer is ringing (agent-offers.css)
+  view.root.dataset.missedOffers = String(agent.missed_offers || 0);
   const detail = agent.reason || (state === "on-call" && agent.call?.queue ? agent.call.queue : "");
   setText(view.reason, detail);
   view.sinceMs = Number.isFinite(agent.since_ms) ? agent.since_ms : null;

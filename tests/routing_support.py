@@ -108,14 +108,16 @@ async def next_message(client: WsClient, kind: str, timeout: float = 10.0,
 
 
 async def start_center(aiohttp_server: Any, redis_url: str, redis: Redis, config: Config, *, instances: int = 1,
-                       clock: Any = None) -> OfferCenter:
-    emu = TwilioEmulator(account_sid=ACCOUNT, auth_token=TWILIO_TOKEN)
+                       clock: Any = None, **settings_extra: Any) -> OfferCenter:
+    api_keys = {settings_extra["twilio_api_key"]: settings_extra["twilio_api_secret"]} \
+        if settings_extra.get("twilio_api_key") else {}
+    emu = TwilioEmulator(account_sid=ACCOUNT, auth_token=TWILIO_TOKEN, api_keys=api_keys)
     emu_server = await aiohttp_server(emu.app(), host="127.0.0.1")
     center = OfferCenter(emu=emu, emu_url=f"http://127.0.0.1:{emu_server.port}", redis=redis)
     for n in range(instances):
         port = free_port()
         settings = Settings(secret=SECRET, twilio_auth_token=TWILIO_TOKEN, public_url=f"http://127.0.0.1:{port}",
-                            twilio_account_sid=ACCOUNT, twilio_api_url=center.emu_url)
+                            twilio_account_sid=ACCOUNT, twilio_api_url=center.emu_url, **settings_extra)
         client = Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=2)
         app = build_app(config, settings, client, clock=clock, instance_id=f"inst{n}", close_redis=True)
         center.servers.append(await aiohttp_server(app, host="127.0.0.1", port=port))

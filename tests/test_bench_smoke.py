@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPTS = ["presence_absorb", "fanout", "peer_fanout", "snapshot", "webhooks"]
+SCRIPTS = ["presence_absorb", "fanout", "peer_fanout", "snapshot", "webhooks", "routing"]
 
 
 def _bench_redis_url() -> str:

@@ -86,7 +86,7 @@ async def test_accepted_offer_rings_the_agent_into_the_callers_conference(offer_
     assert "<Client" not in connect_twiml
     # the agent was added with the Participants resource, and answering it was the bridge
     [create] = [f for m, path, f in p.emu.requests if m == "POST" and path.endswith("/Participants.json")]
-    assert create["To"] == "client:alice" and "kind=offer" in create["StatusCallback"]
+    assert create["To"] == f"client:alice?offer_id={offer['offer_id']}" and "kind=offer" in create["StatusCallback"]
     conf = p.emu.conference_named(caller)
     assert conf is not None and caller in conf.participants and len(conf.participants) == 2
     pop = await next_message(alice, "pop")

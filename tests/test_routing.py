@@ -269,3 +269,77 @@ async def test_dial_not_connected_requeues_keeping_fifo_and_counts(center_factor
 async def test_pull_mode_stays_the_default(make_instance: Any) -> None:
     server = await make_instance()
     assert server.app[SERVICES].routing is None
+
+
+async def test_offers_are_exclusive_under_races_from_two_instances(center_factory: Any) -> None:
+    center = await center_factory(instances=2)
+    agents = {"alice": await center.agent("alice", i=0), "bob": await center.agent("bob", i=1),
+              "dave": await center.agent("dave", i=1)}
+    await center.agent("alice", i=1)  # a second console of alice, on the other instance
+    callers = [await center.caller(f"+1555777000{n}", info={"withheld": False, "customers": [], "owner": None,
+                                                            "owner_team": None}) for n in range(6)]
+    routers = [center.services(0).routing, center.services(1).routing]
+    assert all(routers)
+    for _ in range(20):  # both instances decide at once, again and again, on top of their own loops
+        await asyncio.gather(*(r.tick() for r in routers for _ in range(3)))  # type: ignore[union-attr]
+    by_agent = {k.decode(): v.decode() for k, v in (await center.redis.hgetall(keys.OFFER_AGENTS)).items()}
+    by_call = {k.decode(): v.decode() for k, v in (await center.redis.hgetall(keys.OFFER_CALLS)).items()}
+    assert sorted(by_agent) == ["alice", "bob", "dave"]
+    assert len(by_call) == 3 and set(by_call.values()) == set(by_agent.values())
+    # the three longest-waiting callers, FIFO, each offered to exactly one agent
+    assert set(by_call) == {c.sid for c in callers[:3]}
+    created = [f for f in await center.facts() if f["type"] == "offer.created"]
+    assert len(created) == 3 and len({f["agent"] for f in created}) == 3 and len({f["call_sid"] for f in created}) == 3
+    for agent_id, client in agents.items():
+        offer = await next_message(client, "offer")
+        assert offer["offer_id"] == by_agent[agent_id]
+    await asyncio.sleep(0.3)
+    assert not [m for c in agents.values() for m in c.messages if m["type"] == "offer"], "one offer per agent"
+
+
+async def test_connect_and_dial_result_with_garbage_never_drop_the_caller(center_factory: Any) -> None:
+    """Twilio-signed requests with queries routing never made: the caller goes (back) into a queue."""
+    import aiohttp
+
+    from callflow.signature import SIGNATURE_HEADER, sign
+    from tests.conftest import TWILIO_TOKEN
+
+    center = await center_factory()
+    base = center.base()
+    form = {"CallSid": "CA" + "e" * 32, "From": "+15550001111", "To": "+15550000001", "CallStatus": "in-progress",
+            "DialCallStatus": "no-answer"}
+    async with aiohttp.ClientSession() as http:
+        for path in ("/twilio/voice/connect?offer=&agent=nobody&queue=support",
+                     "/twilio/voice/connect?" + "x" * 3000,
+                     "/twilio/voice/dial-result?offer=of999&agent=alice&queue=support",
+                     "/twilio/voice/dial-result?queue=%00%FF"):
+            url = base + path
+            async with http.post(url, data=form, headers={SIGNATURE_HEADER: sign(TWILIO_TOKEN, url, form)}) as resp:
+                body = await resp.text()
+            assert resp.status == 200, (path, body)
+            assert "<Enqueue" in body, (path, body)
+        url = base + "/twilio/voice/connect?offer=of1&agent=alice&queue=support"
+        async with http.post(url, data=form, headers={SIGNATURE_HEADER: "forged"}) as resp:
+            assert resp.status == 403
+        async with http.post(url, data={"From": "x"}, headers={SIGNATURE_HEADER: sign(TWILIO_TOKEN, url, {"From": "x"})}) as resp:
+            assert resp.status == 400 and "CallSid" in await resp.text()
+
+
+async def test_resync_restores_ringing_missed_offers_and_the_open_offer(center_factory: Any) -> None:
+    clock = FakeClock()
+    center = await center_factory(clock=clock, server={"lease_renew_s": 0.2, "lease_ttl_s": 600}, missed_to_away=0)
+    alice = await center.agent("alice")
+    await center.caller(info={"withheld": False, "customers": [], "owner": None, "owner_team": None})
+    await next_message(alice, "offer")
+    clock.advance(15.5)
+    assert (await next_message(alice, "offer_ended"))["reason"] == "expired"
+    offer = await next_message(alice, "offer")
+    services = center.services()
+    services.mirror.reset_agents({})  # as a fresh instance's mirror: nothing known about offers
+    services.mirror.offers = {}
+    await services.follower.resync()
+    entry = services.mirror.agents["alice"]
+    assert entry["ringing"] is True and entry["missed_offers"] == 1
+    assert services.mirror.offers["alice"]["offer_id"] == offer["offer_id"]
+    again = await center.agent("alice")  # a reconnecting console gets the open offer again
+    assert (await next_message(again, "offer"))["offer_id"] == offer["offer_id"]

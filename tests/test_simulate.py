@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import json
 import math
 import os
 import re
@@ -379,3 +380,31 @@ async def test_a_plan_the_server_disagrees_with_is_reported_as_divergences(make_
     report = await asyncio.wait_for(run_simulation(opts), 30)
     assert report["divergences"] > 0
     assert any(d.get("server_state") == "wrap-up" for d in report["divergence_samples"])
+
+
+async def test_offer_demo_runs_offer_mode_through_the_emulator(aiohttp_server: Any, redis_url: str, redis: Any) -> None:
+    """`callboard demo --routing offer`'s simulation: agents accept, reject and miss offers; callers get through."""
+    from callboard import keys as cb_keys
+    from simulator.offer_demo import OfferBehaviour, OfferDemo
+    from tests.routing_support import offer_config, start_center
+
+    center = await start_center(aiohttp_server, redis_url, redis, offer_config(offer_timeout_s=2))
+    stop = asyncio.Event()
+    behaviour = OfferBehaviour(accept_p=0.6, reject_p=0.2, think_s=(0.2, 1.0), talk_s=(1.0, 3.0),
+                               patience_s=(30.0, 60.0), back_after_missed_s=(1.0, 2.0))
+    demo = OfferDemo(config=center.services().config, secret=SECRET, emu=center.emu, base=center.base(), stop=stop,
+                     calls_per_minute=90, speed=1.0, seed=7, behaviour=behaviour)
+    task = asyncio.create_task(demo.run())
+    await asyncio.sleep(12)
+    stop.set()
+    report = await asyncio.wait_for(task, 30)
+    c = report.counts
+    assert c["callers"] >= 5 and c["offers"] >= 3 and c["accepted"] >= 1 and c["bridged"] >= 1, report.line()
+    assert c["errors"] == 0, report.line()
+    facts = [json.loads(f[b"f"]) for _, f in await redis.xrange(cb_keys.facts())]
+    results = {f["result"] for f in facts if f["type"] == "offer.ended"}
+    assert "accepted" in results
+    answered = center.services().mirror.queue_entry("support", center.services().clock.now_ms())["today"]["answered"]
+    answered += center.services().mirror.queue_entry("sales", center.services().clock.now_ms())["today"]["answered"]
+    assert answered >= 1
+    await center.emu.close()

@@ -21,6 +21,7 @@ from redis.exceptions import RedisError, ResponseError
 from callboard import keys
 from callboard.clock import Clock
 from presence.store import PresenceStore
+from routing.messages import load_offer_state
 from wallboard.hub import Hub
 from wallboard.mirror import Changes, Mirror
 
@@ -60,6 +61,8 @@ class Follower:
         self.mirror.reset_agents(records)
         pops = await self._read_pops()
         self.mirror.pops = pops
+        # routing: open offers (ringing) and today's missed offers
+        await load_offer_state(self.redis, self.mirror, self.presence.day_key(self.clock.now_ms()))
         self.last_id = last_id
         self.resyncs += 1
         changes = Changes(agents=set(self.mirror.agents), queues={q.name for q in self.mirror.config.queues})

@@ -89,6 +89,8 @@ class Session:
             self._set_state(msg)
         elif kind in ("accept", "reject"):  # routing (offer mode): the agent's answer to an offer
             self._answer_offer(msg, accept=kind == "accept")
+        elif kind == "can_take_calls":  # routing: the console's softphone became ready (or failed)
+            self._can_take_calls(msg)
         elif kind == "ping":
             self.sub.send_now({"type": "pong", "server_time_ms": self.services.clock.now_ms()})
         elif kind == "hello":
@@ -125,6 +127,21 @@ class Session:
             raise WireError("bad_message", '"offer_id" must be the id of the offer you received')
         task = asyncio.get_running_loop().create_task(router.answer(self.claims.sub, offer_id, accept))
         task.add_done_callback(self._report_answer)
+
+    def _can_take_calls(self, msg: dict[str, Any]) -> None:
+        value = msg.get("value")
+        if not isinstance(value, bool):
+            raise WireError("bad_message", '"value" must be true or false')
+        if self.claims.role != "agent" or value == self.can_take_calls:
+            self.can_take_calls = value
+            return
+        self.can_take_calls = value
+        router = self.services.routing
+        if router is not None:
+            instance = None if value else self.services.liveness.instance_id
+            task = asyncio.get_running_loop().create_task(
+                router.connection_cannot_take_calls(self.claims.sub, self.conn_id, instance))
+            task.add_done_callback(self._report_answer)
 
     def _report_answer(self, task: asyncio.Future[str | None]) -> None:
         if task.cancelled() or self.sub.closed:

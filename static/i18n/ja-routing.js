@@ -1,0 +1,26 @@
+// Japanese strings of the routing pages (static/agent-offers.js); the English text is the key.
+Object.assign((window.CB_JA = window.CB_JA || {}), {
+  "Offered call": "着信の割り当て",
+  "Accept": "応答する",
+  "Reject": "拒否する",
+  "Incoming call": "着信",
+  "Number withheld": "番号非通知",
+  "unknown caller": "不明な発信者",
+  "Queue {queue}": "キュー {queue}",
+  "waited {s} s": "待ち時間 {s} 秒",
+  "{s} s to answer": "残り {s} 秒",
+  "no customer record": "顧客情報なし",
+  "owner {owner}": "担当 {owner}",
+  "Connecting…": "接続中…",
+  "Offered calls ring here.": "割り当てられた着信はここで鳴ります。",
+  "This console cannot take offered calls (no working softphone); callers go to other agents.":
+    "この画面は着信を受けられません（ソフトフォンが使えません）。着信は他のエージェントに回ります。",
+  "Accepted: connecting the caller…": "応答しました。発信者に接続しています…",
+  "Offer rejected.": "拒否しました。",
+  "Offer expired (missed).": "時間切れです（不在）。",
+  "The caller hung up.": "発信者が電話を切りました。",
+  "Offer withdrawn: you are no longer available.": "受付可能でなくなったため取り消されました。",
+  "The caller could not be connected; they will be offered again.": "発信者に接続できませんでした。改めて割り当てます。",
+  "Not connected; try again.": "接続されていません。もう一度お試しください。",
+  "Connected.": "接続しました。",
+});
