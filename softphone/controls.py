@@ -136,9 +136,18 @@ class Controls:
 
     def _may_control(self, claims: Claims, call: dict[str, str]) -> None:
         if claims.role == "supervisor":
+            self._in_scope(claims, call)
             return
         if call.get("agent") != claims.sub:
             raise ControlError(403, "not_your_call", "only the agent on this call (or a supervisor) may do that")
+
+    def _in_scope(self, claims: Claims, call: dict[str, str]) -> None:
+        """A supervisor token scoped to some queues or teams (callboard token --queues/--teams) controls only those."""
+        agent = self.config.agent(call.get("agent", ""))
+        if claims.queues is not None and call.get("queue") not in claims.queues:
+            raise ControlError(403, "forbidden", "this supervisor token does not cover the call's queue")
+        if claims.teams is not None and (agent is None or agent.team not in claims.teams):
+            raise ControlError(403, "forbidden", "this supervisor token does not cover the agent's team")
 
     @staticmethod
     def _live(call: dict[str, str]) -> None:
@@ -218,6 +227,7 @@ class Controls:
             raise ControlError(403, "forbidden", "only a supervisor may monitor calls")
         mode = rules.monitor_mode(body)
         call = await self._call(call_sid)
+        self._in_scope(claims, call)
         self._live(call)
         options = rules.monitor_options(mode, call.get("leg"))
         part = await self.rest.add_participant(

@@ -555,3 +555,14 @@ async def test_the_agent_hanging_up_their_softphone_ends_the_callers_call(phone:
     assert phone.emu.calls[caller].status == "completed"
     await until(lambda: _is(phone, "alice", "wrap-up"))
     assert (await phone.call(caller))["talk_ms"] == "25000"
+
+
+async def test_scoped_supervisor_tokens_control_only_their_queues_and_teams(phone: Phone) -> None:
+    caller, _, _ = await bridged(phone)  # alice, team support, queue support
+    for tok in (token("boss", "supervisor", queues=["sales"]), token("boss", "supervisor", teams=["sales"])):
+        for control, body in (("hold", {"on": True}), ("monitor", {"mode": "listen"}), ("hangup", None)):
+            status, answer = await phone.api(caller, control, body, tok=tok)
+            assert status == 403 and "does not cover" in answer["error"], (control, answer)
+    assert phone.rest("POST", "/Participants.json") == []
+    ok = token("boss", "supervisor", queues=["support"], teams=["support"])
+    assert (await phone.api(caller, "monitor", {"mode": "listen"}, tok=ok))[0] == 200
