@@ -366,7 +366,10 @@ class ConferenceEmulator:
         if conf is None:
             if key.startswith("CF"):
                 return _error(404, 20404, f"The requested resource {request.path} was not found")
-            conf = EmConference(new_sid("CF"), key)  # Twilio creates a conference named like this
+            # Twilio creates a conference named like this; the first participant sets its region and callback
+            conf = EmConference(new_sid("CF"), key, region=str(form.get("Region") or "us1"),
+                                status_callback=str(form.get("ConferenceStatusCallback") or "") or None,
+                                status_events=tuple(" ".join(form.getall("ConferenceStatusCallbackEvent", [])).split()))
             self.conferences[conf.sid] = conf
         if form.get("Coaching") == "true":
             coached = str(form.get("CallSidToCoach", ""))

@@ -213,6 +213,8 @@ class Controls:
         try:
             part = await self.rest.add_participant(
                 call.get("conf") or call_sid, to=rules.client_identity(target.agent), from_=call.get("from") or "callboard",
+                region=self.config.center.conference_region,
+                conference_status_callback=self._url(request, "conference-events", call=call_sid),
                 status_callback=self._url(request, "participant", call=call_sid, agent=target.agent, kind="transfer"),
                 timeout=TRANSFER_RING_S, end_conference_on_exit=False, beep="false", label=f"agent:{target.agent}")
         except RestError:
@@ -232,6 +234,8 @@ class Controls:
         options = rules.monitor_options(mode, call.get("leg"))
         part = await self.rest.add_participant(
             call.get("conf") or call_sid, to=rules.supervisor_identity(claims.sub), from_=call.get("from") or "callboard",
+            region=self.config.center.conference_region,
+            conference_status_callback=self._url(request, "conference-events", call=call_sid),
             status_callback=self._url(request, "participant", call=call_sid, agent=claims.sub, kind="monitor"),
             end_conference_on_exit=False, label=f"supervisor:{claims.sub}", **options)
         await self.step({"op": "monitor", "sid": call_sid, "supervisor": claims.sub, "mode": mode, "part": part})
@@ -288,6 +292,8 @@ class Controls:
             # the offer id rides as a custom parameter, so the console answers the call of the offer it accepted
             await self.rest.add_participant(
                 caller, to=f"{rules.client_identity(agent)}?offer_id={quote(offer)}", from_=call.get("from") or "callboard",
+                region=self.config.center.conference_region,
+                conference_status_callback=self._url(request, "conference-events", call=caller),
                 status_callback=self._url(request, "participant", call=caller, agent=agent, kind="offer",
                                           offer=offer, queue=queue),
                 timeout=TRANSFER_RING_S, end_conference_on_exit=False, beep="false", label=f"agent:{agent}")

@@ -108,12 +108,18 @@ class TwilioRest:
 
     # -- conference participants -------------------------------------------------------------------------
 
-    async def add_participant(self, conference: str, *, to: str, from_: str, status_callback: str,
-                              **options: Any) -> str:
-        """Participants create: ring `to` (client:<identity>) into the conference; returns its CallSid."""
+    async def add_participant(self, conference: str, *, to: str, from_: str, status_callback: str, region: str,
+                              conference_status_callback: str, **options: Any) -> str:
+        """Participants create: ring `to` (client:<identity>) into the conference; returns its CallSid.
+
+        The region and the conference status callback matter when this participant is the first (Twilio
+        creates the conference then): the media stays in the center's region either way.
+        """
         participant = await self._call("add a participant", lambda c: self._conf(c, conference).participants.create_async(
             from_=from_, to=to, status_callback=status_callback, status_callback_method="POST",
-            status_callback_event=["initiated", "ringing", "answered", "completed"], **options))
+            status_callback_event=["initiated", "ringing", "answered", "completed"], region=region,
+            conference_status_callback=conference_status_callback, conference_status_callback_method="POST",
+            conference_status_callback_event=["join", "leave", "hold"], **options))
         return str(participant.call_sid)
 
     async def update_participant(self, conference: str, call_sid: str, **changes: Any) -> None:

@@ -269,7 +269,7 @@ async def test_cold_transfer_moves_the_call_and_keeps_statistics_exact(phone: Ph
     status, body = await phone.api(caller, "transfer", {"agent": "bob"}, tok=token("alice"))
     assert status == 200 and body["status"] == "ringing", body
     [create] = phone.rest("POST", f"/Conferences/{(await phone.call(caller))['conf']}/Participants.json")
-    assert create["To"] == "client:bob" and create["EndConferenceOnExit"] == "false"
+    assert create["To"] == "client:bob" and create["EndConferenceOnExit"] == "false" and create["Region"] == "jp1"
     await until(lambda: _is(phone, "bob", "on-call"))
     # cold: alice is removed as soon as bob answers; she wraps up; the call belongs to bob now
     assert phone.rest("DELETE", f"/Participants/{leg}.json")

@@ -19,9 +19,11 @@ import pytest
 from redis.asyncio import Redis
 
 from callboard.services import Settings
+from callflow.testing import FakeTwilio
 from simulator.conferences import ConferenceEmulator
 from tests.conftest import SECRET, TWILIO_TOKEN, make_config, token
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, text_of, tid, wait_js
+from tests.test_browser import http as browser_http
 from tests.test_controls import ACCOUNT, LONG_LEASES, Phone, _phone, online, state_of, until
 
 API_SECRET = "api-secret-for-the-browser-tests-0123456789"
@@ -288,3 +290,61 @@ async def _is_state(phone: Phone, agent: str, state: str) -> bool:
 
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+async def test_conference_offer_is_accepted_and_its_participant_call_answered_by_the_console(
+        browser: Any, aiohttp_server: Any, redis_url: str, redis: Redis) -> None:
+    from callboard.app import build_app
+    from tests.routing_support import OFFER_ROUTING, free_port
+
+    emu = ConferenceEmulator(ACCOUNT, TWILIO_TOKEN)
+    emu.softphones["alice"] = "wait"  # Twilio learns of the answer when the browser's SDK accepts (below)
+    emu_server = await aiohttp_server(emu.app(), host="127.0.0.1")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    settings = Settings(secret=SECRET, twilio_auth_token=TWILIO_TOKEN, twilio_account_sid=ACCOUNT, public_url=base,
+                        twilio_api_url=f"http://127.0.0.1:{emu_server.port}", **VOICE)
+    config = make_config(center={"bridge": "conference", "conference_region": "jp1"}, routing=OFFER_ROUTING,
+                         server={"voice_sdk_url": "https://sdk.invalid/twilio.min.js"})
+    app = build_app(config, settings, Redis.from_url(redis_url, socket_timeout=10), close_redis=True)
+    await aiohttp_server(app, host="127.0.0.1", port=port)
+
+    context = await browser.new_context(viewport={"width": 1400, "height": 1000})
+    await context.add_init_script(STAND_IN_SDK)
+    page = await context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    await page.goto(f"{base}/agent#token={token('alice')}")
+    await wait_js(page, "() => document.querySelector('[data-testid=\"device-state\"]')?.dataset.state === 'ready'")
+    await wait_js(page, "() => document.querySelector('[data-testid=\"my-state\"]')?.textContent === 'Available'")
+
+    caller = "CA" + "8" * 32
+    async with browser_http(base) as client:
+        twilio = FakeTwilio(client, TWILIO_TOKEN, base)
+        status, body = await twilio.post("incoming", {"CallSid": caller, "From": "+15552220001", "To": "+15550000001"})
+        assert status == 200 and "<Enqueue" in body
+    emu.add_call(caller, "+15552220001", "+15550000001", status_callback=f"{base}/twilio/voice/status", queue="support")
+    # the offer rings in the console; Accept
+    await wait_js(page, "() => !!document.querySelector('[data-testid=\"offer-accept\"]') && "
+                        "document.querySelector('[data-testid=\"offer-from\"]')?.textContent.includes('+15552220001')",
+                  timeout_s=10)
+    await page.click(tid("offer-accept"))
+    # the router dequeued the caller to connect, which rang alice into the caller's conference
+    await until(lambda: _true(any(p.endswith("/Participants.json") for m, p, f in emu.requests if m == "POST")), 10)
+    [create] = [f for m, p, f in emu.requests if m == "POST" and p.endswith("/Participants.json")]
+    assert create["To"].startswith("client:alice?offer_id=")
+    offer_id = create["To"].split("offer_id=", 1)[1]
+    # Twilio rings the browser with that custom parameter: the console answers it without a second click
+    await page.evaluate("""(offerId) => {
+      const call = new window.__StandInCall({});
+      call.customParameters = new Map([["offer_id", offerId]]);
+      window.__sdk.device.emit('incoming', call);
+    }""", offer_id)
+    await wait_js(page, "() => window.__sdk.log.some(e => e[0] === 'accept')")
+    assert await page.locator(tid("sp-incoming")).is_hidden()
+    await emu.answer("alice")  # Twilio's side of that answer: the participant's answered callback = the bridge
+    await wait_js(page, "() => !document.querySelector('[data-testid=\"sp-controls\"]').hidden", timeout_s=10)
+    assert await text_of(page, "pop-from") == "+15552220001"
+    conf = emu.conference_named(caller)
+    assert conf is not None and conf.region == "jp1" and len(conf.participants) == 2
+    assert errors == []

@@ -87,6 +87,7 @@ async def test_accepted_offer_rings_the_agent_into_the_callers_conference(offer_
     # the agent was added with the Participants resource, and answering it was the bridge
     [create] = [f for m, path, f in p.emu.requests if m == "POST" and path.endswith("/Participants.json")]
     assert create["To"] == f"client:alice?offer_id={offer['offer_id']}" and "kind=offer" in create["StatusCallback"]
+    assert create["Region"] == "jp1" and "/twilio/voice/conference-events" in create["ConferenceStatusCallback"]
     conf = p.emu.conference_named(caller)
     assert conf is not None and caller in conf.participants and len(conf.participants) == 2
     pop = await next_message(alice, "pop")
