@@ -566,3 +566,20 @@ async def test_scoped_supervisor_tokens_control_only_their_queues_and_teams(phon
     assert phone.rest("POST", "/Participants.json") == []
     ok = token("boss", "supervisor", queues=["support"], teams=["support"])
     assert (await phone.api(caller, "monitor", {"mode": "listen"}, tok=ok))[0] == 200
+
+
+async def test_without_twilio_rest_credentials_controls_say_so(make_instance: Any, aiohttp_client: Any,
+                                                               redis: Redis) -> None:
+    server = await make_instance(make_config(server=LONG_LEASES))  # the default test settings: no account SID
+    client = await aiohttp_client(server)
+    twilio = FakeTwilio(client, TWILIO_TOKEN)
+    ws = await connect(server, token("alice"))
+    await ws.wait_for(lambda s: s["agents"]["alice"]["state"] == "available")
+    caller, leg = "CA" + "1" * 32, "CA" + "2" * 32
+    await twilio.post("incoming", {"CallSid": caller, "From": "+15551230001", "To": SUPPORT})
+    await twilio.post("agent", {"CallSid": leg, "From": "client:alice", "queue": "support"})
+    await twilio.post("bridge", {"CallSid": caller, "DequeingCallSid": leg, "QueueTime": "2"},
+                      {"queue": "support", "agent": "alice"})
+    r = await client.post(f"/api/calls/{caller}/hangup", headers={"Authorization": f"Bearer {token('alice')}"})
+    body = await r.json()
+    assert r.status == 503 and "TWILIO_ACCOUNT_SID" in body["error"]
