@@ -200,7 +200,8 @@ class CallFlow:
         voice = self._voice(queue)
         if mode == "unstaffed":
             return twiml.unstaffed(voice)
-        if (router := request.app[SERVICES].routing) is not None:
+        services = request.app.get(SERVICES)  # absent when a test mounts the call flow alone
+        if services is not None and (router := services.routing) is not None:
             router.wake()  # routing (offer mode): look for an agent now, not at the next tick
         return twiml.enqueue(queue.name, queue.greeting, voice,
                              action_url=self._url(request, "queue-result", queue=queue.name),
