@@ -257,7 +257,11 @@ class Controls:
 
     async def take_next(self, request: web.Request, agent: str, leg: str, queue: str) -> str:
         """The agent's softphone asked for the next caller: claim one, bring it into its conference, join it."""
-        done = await self.step({"op": "claim", "queue": queue, "leg": leg})
+        try:
+            done = await self.step({"op": "claim", "queue": queue, "leg": leg})
+        except (RedisError, OSError) as exc:  # without Redis nobody can be claimed safely: say so, never hang
+            log.warning("agent %s could not take a caller: Redis unavailable (%s)", agent, exc)
+            return callflow_twiml.spoken_error("Calls cannot be taken right now. Please try again in a moment.")
         if not done.get("ok"):
             return callflow_twiml.spoken_error(f"No caller is waiting in {queue}. Goodbye.")
         caller = str(done["claimed"])

@@ -542,6 +542,10 @@ async def test_redis_gone_controls_answer_503_and_twilio_is_not_touched(make_ins
         status, answer = await phone.api(caller, control, body, tok=token("alice"))
         assert status == 503 and answer["code"] == "unavailable" and "Redis" in answer["error"], (control, answer)
     assert len(phone.emu.requests) == before
+    # an agent asking for the next caller hears why not (valid TwiML, never a 500)
+    status, twiml = await phone.twilio.post("agent", {"CallSid": "CA" + "4" * 32, "From": "client:alice",
+                                                      "queue": "support"})
+    assert status == 200 and "Calls cannot be taken right now" in twiml
     await private.aclose()
 
 
