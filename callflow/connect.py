@@ -115,7 +115,8 @@ async def _dial_result(flow: CallFlow, request: web.Request, form: MultiDictProx
 
 
 async def _release(request: web.Request, offer_id: str, call_sid: str, *, bridged: bool) -> None:
-    router = request.app[SERVICES].routing
+    services = request.app.get(SERVICES)
+    router = services.routing if services is not None else None
     if router is None:
         return
     try:

@@ -200,9 +200,9 @@ class CallFlow:
         voice = self._voice(queue)
         if mode == "unstaffed":
             return twiml.unstaffed(voice)
-        services = request.app.get(SERVICES)  # absent when a test mounts the call flow alone
-        if services is not None and (router := services.routing) is not None:
-            router.wake()  # routing (offer mode): look for an agent now, not at the next tick
+        services = request.app.get(SERVICES)  # absent where only the call flow is mounted (tests)
+        if services is not None and services.routing is not None:
+            services.routing.wake()  # routing (offer mode): look for an agent now, not at the next tick
         return twiml.enqueue(queue.name, queue.greeting, voice,
                              action_url=self._url(request, "queue-result", queue=queue.name),
                              wait_url=self._url(request, "wait", queue=queue.name))

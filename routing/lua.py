@@ -119,7 +119,8 @@ end
 #   1. Open offers whose caller left -> caller_left (cancelled); whose agent is no longer offerable
 #      (not available, no connection, cannot take calls) -> agent_unavailable (cancelled); past expiry ->
 #      expired (missed): the agent's missed-in-a-row and today's count go up, and at missed_to_away the agent
-#      is set away with reason "missed offers". Accepted offers past their connect deadline are released.
+#      is set away with reason "missed offers". Accepted offers whose caller hung up, or past their connect
+#      deadline, are released.
 #   2. Each proposal, in order: skipped unless the caller is still waiting with no offer; the first
 #      candidate that is offerable gets the offer, agents who rejected or missed this caller last.
 #   Returns msgpack {created = {{offer_id, call, agent, queue, entered_ms, since_ms}...},
@@ -155,6 +156,10 @@ for i = 1, #open, 2 do
         end
       end
     end
+  elseif redis.call('HEXISTS', k_call_h(o.call), 'end_ms') == 1 then
+    -- accepted, and the caller hung up before the bridge: free the agent now, not at the deadline
+    end_offer(o, 'caller_left', o.state == 'accepting' and 'cancelled' or nil, o.state == 'accepting')
+    if o.state == 'accepting' then ended[#ended + 1] = {o.queue, 'cancelled'} end
   elseif tonumber(o.due_ms) <= NOW then
     -- accepted but never bridged nor failed in time (the instance doing the dequeue died): release
     end_offer(o, 'connect_timeout', o.state == 'accepting' and 'cancelled' or nil, o.state == 'accepting')

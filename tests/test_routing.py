@@ -343,3 +343,41 @@ async def test_resync_restores_ringing_missed_offers_and_the_open_offer(center_f
     assert services.mirror.offers["alice"]["offer_id"] == offer["offer_id"]
     again = await center.agent("alice")  # a reconnecting console gets the open offer again
     assert (await next_message(again, "offer"))["offer_id"] == offer["offer_id"]
+
+
+async def test_caller_hanging_up_while_the_agent_rings_frees_the_agent(center_factory: Any) -> None:
+    center = await center_factory()
+    alice = await center.agent("alice")
+    ringing = asyncio.Event()
+    release = asyncio.Event()
+
+    async def slow_phone(params: dict[str, str], call: Any) -> str:
+        ringing.set()
+        await release.wait()
+        return "answer"
+
+    center.emu.softphones["alice"] = slow_phone
+    first = await center.caller(info={"withheld": False, "customers": [], "owner": None, "owner_team": None})
+    offer = await next_message(alice, "offer")
+    await alice.send({"type": "accept", "offer_id": offer["offer_id"]})
+    await asyncio.wait_for(ringing.wait(), 10)
+    await center.emu.hangup(first.sid)  # the caller gives up while alice's softphone rings
+    second = await center.caller("+15557770009", info={"withheld": False, "customers": [], "owner": None,
+                                                       "owner_team": None})
+    got = await next_message(alice, "offer", timeout=5)  # well before the 60 s connect deadline
+    assert got["call_sid"] == second.sid
+    release.set()
+    await center.emu.settle()
+
+
+async def test_agent_turning_available_gets_the_waiting_caller(center_factory: Any) -> None:
+    center = await center_factory(tick_ms=200)
+    alice = await center.agent("alice")
+    await alice.send({"type": "set_state", "state": "away", "reason": "lunch"})
+    await alice.wait_for(lambda s: s["agents"]["alice"]["state"] == "away")
+    caller = await center.caller(info={"withheld": False, "customers": [], "owner": None, "owner_team": None})
+    await asyncio.sleep(0.5)
+    assert not [m for m in alice.messages if m["type"] == "offer"], "away agents are not offered calls"
+    await alice.send({"type": "set_state", "state": "available"})
+    offer = await next_message(alice, "offer")
+    assert offer["call_sid"] == caller.sid
