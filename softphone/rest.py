@@ -1,29 +1,27 @@
-"""Twilio REST for the controls: one `twilio` package client per instance, async, pointed at TWILIO_API_URL.
+"""Twilio REST for the controls, through routing's client (routing/twilio_rest.py): one `twilio` package client
+per instance and room, async, pointed at TWILIO_API_URL, retrying 429 (20429), 5xx and timeouts with backoff.
 
-Every control is one Twilio request; this module is the only place that makes them, so the base URL (an
-emulator on loopback in the tests and the demo), the credentials and the error translation live here.
-The package's async HTTP client (aiohttp) keeps the event loop free; 429 (20429) and 5xx are retried with
-backoff by us, a bounded number of times, because a control is a person waiting on a button.
+Every control is one Twilio request; this module is the only place the softphone makes them and turns
+Twilio's answers into English errors with the HTTP status the control answers: the request's own fault
+(4xx) is 409 (404 stays 404), Twilio unreachable after every retry is 502, no credentials 503.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from twilio.base.exceptions import TwilioRestException
-from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
 
 from callboard.services import Settings
+from routing.twilio_rest import RestNotConfigured, RestUnavailable
+from routing.twilio_rest import TwilioRest as RoutingRest
 
 log = logging.getLogger(__name__)
 
-DEFAULT_API_URL = "https://api.twilio.com"
-REQUEST_TIMEOUT_S = 10.0  # Twilio answers controls in well under a second; a hung request must not hang the UI
-RETRY_PAUSES_S = (0.2, 0.6, 1.5)  # 429/5xx: retried this many times, after these pauses
+ATTEMPTS = 4  # a person waits on the button: fewer than routing's background dequeues (about 1.5 s of backoff)
 
 T = TypeVar("T")
 
@@ -40,56 +38,30 @@ class TwilioRest:
     """The REST requests the controls make (all through twilio's Client)."""
 
     def __init__(self, settings: Settings) -> None:
+        self._rest = RoutingRest.from_settings(settings)
+        self._rest.attempts = ATTEMPTS
         self.account_sid = settings.twilio_account_sid
-        self.configured = bool(settings.twilio_account_sid and (
-            (settings.twilio_api_key and settings.twilio_api_secret) or settings.twilio_auth_token))
-        self._client: Client | None = None
-        self._settings = settings
 
-    def _get(self) -> Client:
-        if not self.configured:
-            raise RestError(503, "Twilio REST is not configured on this server (TWILIO_ACCOUNT_SID with "
-                                 "TWILIO_API_KEY/TWILIO_API_SECRET or TWILIO_AUTH_TOKEN)")
-        if self._client is None:
-            s = self._settings
-            http = AsyncTwilioHttpClient(timeout=REQUEST_TIMEOUT_S)
-            if s.twilio_api_key and s.twilio_api_secret:
-                client = Client(s.twilio_api_key, s.twilio_api_secret, s.twilio_account_sid, http_client=http)
-            else:
-                client = Client(s.twilio_account_sid, s.twilio_auth_token, http_client=http)
-            # The package has no base-URL option; its API domain keeps one, which we point at TWILIO_API_URL.
-            client.api.base_url = (getattr(s, "twilio_api_url", None) or DEFAULT_API_URL).rstrip("/")
-            self._client = client
-        return self._client
+    @property
+    def retries(self) -> int:
+        return self._rest.retries
 
     async def close(self) -> None:
-        if self._client is not None:
-            http = self._client.http_client
-            session = getattr(http, "session", None)
-            if session is not None:
-                await session.close()
-            self._client = None
+        await self._rest.close()
 
     async def _call(self, what: str, make: Callable[[Client], Awaitable[T]]) -> T:
-        client = self._get()
-        for attempt in range(len(RETRY_PAUSES_S) + 1):
-            try:
-                return await make(client)
-            except TwilioRestException as exc:
-                retryable = exc.status == 429 or exc.status >= 500
-                if retryable and attempt < len(RETRY_PAUSES_S):
-                    log.warning("Twilio %s: HTTP %s (code %s), retrying", what, exc.status, exc.code)
-                    await asyncio.sleep(RETRY_PAUSES_S[attempt])
-                    continue
-                log.warning("Twilio %s failed: HTTP %s code %s: %s", what, exc.status, exc.code, exc.msg)
-                status = 404 if exc.status == 404 else 409 if exc.status in (400, 409) else 502
-                raise RestError(status, f"Twilio refused to {what}: {exc.msg} (code {exc.code})", exc.code) from None
-            except (TimeoutError, OSError) as exc:
-                if attempt < len(RETRY_PAUSES_S):
-                    await asyncio.sleep(RETRY_PAUSES_S[attempt])
-                    continue
-                raise RestError(502, f"Twilio did not answer the request to {what} ({type(exc).__name__})") from None
-        raise AssertionError("unreachable")
+        try:
+            return await self._rest.call(what, make)
+        except RestNotConfigured:
+            raise RestError(503, "Twilio REST is not configured on this server (TWILIO_ACCOUNT_SID with "
+                                 "TWILIO_API_KEY/TWILIO_API_SECRET or TWILIO_AUTH_TOKEN)") from None
+        except RestUnavailable as exc:
+            log.warning("Twilio %s: %s", what, exc)
+            raise RestError(502, f"Twilio did not accept the request to {what} after retries: {exc}") from None
+        except TwilioRestException as exc:
+            log.warning("Twilio %s failed: HTTP %s code %s: %s", what, exc.status, exc.code, exc.msg)
+            status = 404 if exc.status == 404 else 409
+            raise RestError(status, f"Twilio refused to {what}: {exc.msg} (code {exc.code})", exc.code) from None
 
     def _conf(self, client: Client, conference: str) -> Any:
         return client.api.v2010.accounts(self.account_sid).conferences(conference)
