@@ -66,6 +66,9 @@ def build_services(config: Config, settings: Settings, redis: Redis, *, clock: C
                         insecure=settings.insecure_dev, metrics=metrics, staffed=mirror.staffed)
     services = Services(config=config, settings=settings, clock=clock, redis=redis, metrics=metrics, presence=presence,
                         batcher=batcher, liveness=liveness, mirror=mirror, hub=hub, follower=follower, callflow=callflow)
+    from routing.twilio_rest import TwilioRest  # no network until a first REST call
+
+    services.twilio_rest = TwilioRest.from_settings(settings)
     if config.routing.mode == "offer":  # routing: callboard offers callers to agents itself
         from routing.service import build_router
 
@@ -113,6 +116,8 @@ def build_app(config: Config, settings: Settings, redis: Redis, *, clock: Clock 
         await s.batcher.stop()
         if s.routing is not None:
             await s.routing.close()
+        if s.twilio_rest is not None:
+            await s.twilio_rest.close()
         if close_redis:
             await s.redis.aclose()
 

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from presence.liveness import Liveness
     from presence.store import PresenceStore
     from routing.router import Router
+    from routing.twilio_rest import TwilioRest
     from wallboard.follower import Follower
     from wallboard.hub import Hub
     from wallboard.metrics import Metrics
@@ -110,6 +111,7 @@ class Services:
     draining: bool = False
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     routing: Router | None = None  # offer mode only (routing/router.py)
+    twilio_rest: TwilioRest | None = None  # the instance's one Twilio REST client (routing/twilio_rest.py)
 
     @property
     def secret(self) -> str:

@@ -200,9 +200,7 @@ class CallFlow:
         voice = self._voice(queue)
         if mode == "unstaffed":
             return twiml.unstaffed(voice)
-        services = request.app.get(SERVICES)  # absent where only the call flow is mounted (tests)
-        if services is not None and services.routing is not None:
-            services.routing.wake()  # routing (offer mode): look for an agent now, not at the next tick
+        _wake_router(request)
         return twiml.enqueue(queue.name, queue.greeting, voice,
                              action_url=self._url(request, "queue-result", queue=queue.name),
                              wait_url=self._url(request, "wait", queue=queue.name))
@@ -270,6 +268,7 @@ class CallFlow:
         await self._record(CallEvent(QUEUE_RESULT, self.clock.now_ms(), {
             "sid": sid, "result": result or "(none)", "outcome": outcome, "queue": queue.name,
             "qt_s": parse_queue_time_s(form.get("QueueTime")), "from": form.get("From", ""), "to": form.get("To", "")}))
+        _wake_router(request)  # routing: a caller who left cancels its offer now
         return twiml.queue_result(outcome, self._voice(queue))
 
     async def _status(self, request: web.Request, form: MultiDictProxy[str]) -> str:
@@ -279,6 +278,7 @@ class CallFlow:
             agent = caller[len("client:"):] if caller.startswith("client:") else None
             await self._record(CallEvent(STATUS, self.clock.now_ms(), {
                 "sid": sid, "agent": agent if agent and self.config.agent(agent) else None}))
+            _wake_router(request)  # routing: a hung-up caller's offer ends now, a freed agent is offered
         return twiml.empty()
 
     # -- events, metrics, spool -------------------------------------------------------------------------
@@ -405,6 +405,13 @@ async def _read_form(request: web.Request) -> MultiDictProxy[str]:
     except UnicodeDecodeError:
         raise _Reject(400, "bad_request", "Request body is not valid UTF-8.") from None
     return MultiDictProxy(MultiDict(parse_qsl(text, keep_blank_values=True)))
+
+
+def _wake_router(request: web.Request) -> None:
+    """Routing (offer mode): tick now rather than at the next tick. No Services: a call-flow-only app."""
+    services = request.app.get(SERVICES)
+    if services is not None and services.routing is not None:
+        services.routing.wake()
 
 
 def _required(form: MultiDictProxy[str], name: str) -> str:

@@ -254,12 +254,11 @@ class Router:
             log.error("routing task %s failed", task.get_name(), exc_info=task.exception())
 
     async def close(self) -> None:
-        """Let dequeues in flight finish (briefly), then close the REST client."""
+        """Let dequeues in flight finish (briefly); the REST client is the instance's (closed with it)."""
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5.0)
         for task in list(self._tasks):
             task.cancel()
-        await self.rest.close()
 
 
 def _owner_of(info: bytes | str | None) -> tuple[str | None, str | None]:

@@ -11,5 +11,5 @@ def build_router(services: Services) -> Router:
     """The instance's router and its Twilio REST client (TWILIO_API_URL, credentials from Settings)."""
     return Router(config=services.config, redis=services.redis, presence=services.presence,
                   agents=lambda: services.mirror.agents, clock=services.clock,
-                  rest=TwilioRest.from_settings(services.settings), public_url=services.settings.public_url,
+                  rest=services.twilio_rest or TwilioRest.from_settings(services.settings), public_url=services.settings.public_url,
                   registry=services.metrics.registry, on_redis_error=services.count_redis_error)

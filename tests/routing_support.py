@@ -71,7 +71,7 @@ class OfferCenter:
         assert client.welcome["type"] == "welcome", client.welcome
         await client.recv()
         self.clients.append(client)
-        await client.wait_for(lambda s: s["agents"][agent_id]["connections"] >= 1)
+        await client.wait_for(lambda s: s["agents"][agent_id]["connections"] >= 1, timeout=15)
         return client
 
     async def wall(self, i: int = 0) -> WsClient:
@@ -90,7 +90,7 @@ class OfferCenter:
         return self.services().mirror.queue_entry("support", self.services().clock.now_ms())["today"]
 
 
-async def next_message(client: WsClient, kind: str, timeout: float = 10.0,
+async def next_message(client: WsClient, kind: str, timeout: float = 15.0,
                        where: Callable[[dict[str, Any]], bool] = lambda m: True) -> dict[str, Any]:
     """The next message of this type (already received ones count), e.g. an offer."""
     seen = 0

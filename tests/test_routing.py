@@ -68,24 +68,26 @@ async def test_whole_path_offer_accept_bridge_hangup(center_factory: Any) -> Non
     assert offer["call_sid"] == caller.sid and offer["queue"] == "support" and offer["from"] == "+15557770001"
     assert offer["customers"][0]["name"] == "Hanako Yamada" and offer["expires_ms"] > 0
     wall = await center.wall()
-    await wall.wait_for(lambda s: s["agents"]["alice"]["ringing"] is True)
+    await wall.wait_for(lambda s: s["agents"]["alice"]["ringing"] is True, timeout=15)
     assert not [m for m in bob.messages if m["type"] == "offer"]
 
     await alice.send({"type": "accept", "offer_id": offer["offer_id"]})
     ended = await next_message(alice, "offer_ended")
     assert ended == {"type": "offer_ended", "offer_id": offer["offer_id"], "call_sid": caller.sid, "reason": "accepted"}
-    await alice.wait_for(lambda s: s["agents"]["alice"]["state"] == "on-call")
+    await alice.wait_for(lambda s: s["agents"]["alice"]["state"] == "on-call", timeout=15)
     assert rang == [{"offer_id": offer["offer_id"]}], "the Dial carries the offer id as a custom parameter"
     pop = await next_message(alice, "pop")
     assert pop["call_sid"] == caller.sid
     today = await center.support_today()
     assert today["offered"] == 1 and today["answered"] == 1
-    await wall.wait_for(lambda s: s["agents"]["alice"]["ringing"] is False)
+    await wall.wait_for(lambda s: s["agents"]["alice"]["ringing"] is False, timeout=15)
 
     child = next(c for c in center.emu.calls.values() if c.parent_sid == caller.sid)
     await center.emu.hangup(child.sid)  # alice hangs up: dial-result, wrap-up, the caller's call ends
     await center.emu.settle()
-    await alice.wait_for(lambda s: s["agents"]["alice"]["state"] == "wrap-up")
+    # wrap-up (2 s in the test center), or already past it when this machine is slow
+    await alice.wait_for(lambda s: s["agents"]["alice"]["state"] in ("wrap-up", "available")
+                         and s["agents"]["alice"]["call"] is None, timeout=15)
     assert center.emu.calls[caller.sid].status == "completed"
     assert await center.redis.hlen(keys.OFFER_CALLS) == 0 and await center.redis.hlen(keys.OFFER_AGENTS) == 0
     kinds = [(f["type"], f.get("result")) for f in await center.facts()]
@@ -135,7 +137,7 @@ async def test_expiry_then_missed_to_away(center_factory: Any) -> None:
     assert second["call_sid"] == caller.sid and second["offer_id"] != first["offer_id"]
     clock.advance(15.5)
     assert (await next_message(alice, "offer_ended"))["reason"] == "expired"
-    snap = await alice.wait_for(lambda s: s["agents"]["alice"]["state"] == "away")
+    snap = await alice.wait_for(lambda s: s["agents"]["alice"]["state"] == "away", timeout=15)
     assert snap["agents"]["alice"]["reason"] == "missed offers" and snap["agents"]["alice"]["missed_offers"] == 2
     results = [f["result"] for f in await center.facts() if f["type"] == "offer.ended"]
     assert results == ["missed", "missed"]
@@ -212,7 +214,7 @@ async def test_rest_429_then_success(center_factory: Any) -> None:
     center.emu.inject(status=429, code=20429, times=2, path="/Members/")
     await alice.send({"type": "accept", "offer_id": offer["offer_id"]})
     assert (await next_message(alice, "offer_ended"))["reason"] == "accepted"
-    await alice.wait_for(lambda s: s["agents"]["alice"]["state"] == "on-call")
+    await alice.wait_for(lambda s: s["agents"]["alice"]["state"] == "on-call", timeout=15)
     assert [s for m, p, s in center.emu.requests if "/Members/" in p] == [429, 429, 200]
 
 
@@ -229,7 +231,7 @@ async def test_rest_failure_ends_the_offer_and_the_caller_is_offered_again(cente
     again = await next_message(alice, "offer", timeout=10)
     assert again["call_sid"] == caller.sid
     await alice.send({"type": "accept", "offer_id": again["offer_id"]})
-    await alice.wait_for(lambda s: s["agents"]["alice"]["state"] == "on-call")
+    await alice.wait_for(lambda s: s["agents"]["alice"]["state"] == "on-call", timeout=15)
     today = await center.support_today()
     assert today["offered"] == 1 and today["answered"] == 1
 
@@ -260,7 +262,7 @@ async def test_dial_not_connected_requeues_keeping_fifo_and_counts(center_factor
          "at_ms": next(f["at_ms"] for f in await center.facts() if f["type"] == "call.requeued")}]
     center.emu.softphones["alice"] = answering(rang)
     await alice.send({"type": "accept", "offer_id": again["offer_id"]})
-    await alice.wait_for(lambda s: s["agents"]["alice"]["state"] == "on-call")
+    await alice.wait_for(lambda s: s["agents"]["alice"]["state"] == "on-call", timeout=15)
     today = await center.support_today()
     assert today["offered"] == 2 and today["answered"] == 1
     del second
@@ -374,7 +376,7 @@ async def test_agent_turning_available_gets_the_waiting_caller(center_factory: A
     center = await center_factory(tick_ms=200)
     alice = await center.agent("alice")
     await alice.send({"type": "set_state", "state": "away", "reason": "lunch"})
-    await alice.wait_for(lambda s: s["agents"]["alice"]["state"] == "away")
+    await alice.wait_for(lambda s: s["agents"]["alice"]["state"] == "away", timeout=15)
     caller = await center.caller(info={"withheld": False, "customers": [], "owner": None, "owner_team": None})
     await asyncio.sleep(0.5)
     assert not [m for m in alice.messages if m["type"] == "offer"], "away agents are not offered calls"
