@@ -20,7 +20,7 @@ def install(app: web.Application, services: Services) -> None:
     from softphone.controls import Controls
     from softphone.rest import TwilioRest
 
-    rest = TwilioRest(services.settings)
+    rest = TwilioRest(services.settings, getattr(services, "twilio_rest", None))
     controls = Controls(config=services.config, redis=services.redis, presence=services.presence,
                         clock=services.clock, flow=services.callflow, rest=rest, secret=services.secret,
                         public_url=services.settings.public_url)

@@ -21,8 +21,6 @@ from routing.twilio_rest import TwilioRest as RoutingRest
 
 log = logging.getLogger(__name__)
 
-ATTEMPTS = 4  # a person waits on the button: fewer than routing's background dequeues (about 1.5 s of backoff)
-
 T = TypeVar("T")
 
 
@@ -37,9 +35,10 @@ class RestError(Exception):
 class TwilioRest:
     """The REST requests the controls make (all through twilio's Client)."""
 
-    def __init__(self, settings: Settings) -> None:
-        self._rest = RoutingRest.from_settings(settings)
-        self._rest.attempts = ATTEMPTS
+    def __init__(self, settings: Settings, shared: RoutingRest | None = None) -> None:
+        # the instance's one client (Services.twilio_rest) when the app made one; else our own
+        self._own = shared is None
+        self._rest = shared if shared is not None else RoutingRest.from_settings(settings)
         self.account_sid = settings.twilio_account_sid
 
     @property
@@ -47,7 +46,8 @@ class TwilioRest:
         return self._rest.retries
 
     async def close(self) -> None:
-        await self._rest.close()
+        if self._own:  # the shared client is closed by the app that made it
+            await self._rest.close()
 
     async def _call(self, what: str, make: Callable[[Client], Awaitable[T]]) -> T:
         try:
