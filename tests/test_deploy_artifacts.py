@@ -33,6 +33,7 @@ COUNTERS = {
     "callboard_webhook_rejected_total",
     "callboard_redis_errors_total",
     "callboard_spool_dropped_total",
+    "callboard_offers_total",  # routing (offer mode), routing/router.py
 }
 HISTOGRAMS = {
     "callboard_queue_wait_seconds",
@@ -40,6 +41,7 @@ HISTOGRAMS = {
     "callboard_presence_batch_size",
     "callboard_presence_flush_seconds",
     "callboard_webhook_duration_seconds",
+    "callboard_offer_latency_seconds",  # routing (offer mode), routing/router.py
 }
 # Gauges of state shared through Redis: every instance reports the same value, so take max() across
 # instances before anything else (summing would multiply them by the number of instances).
@@ -147,7 +149,11 @@ def test_known_metrics_are_what_the_code_exports() -> None:
     metrics = pytest.importorskip("wallboard.metrics")
     by_kind = {"counter": COUNTERS, "histogram": HISTOGRAMS, "gauge": PROCESS_GAUGES}
     exported = set()
-    for family in metrics.Metrics().registry.collect():
+    registry = metrics.Metrics().registry
+    from routing.router import RoutingMetrics
+
+    RoutingMetrics(registry)  # registered on the same registry in offer mode
+    for family in registry.collect():
         name = family.name + "_total" if family.type == "counter" else family.name  # as exposed
         assert name in by_kind[family.type], f"{name} is a {family.type} in the code"
         exported.add(name)

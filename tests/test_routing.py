@@ -87,7 +87,7 @@ async def test_whole_path_offer_accept_bridge_hangup(center_factory: Any) -> Non
     await center.emu.settle()
     # wrap-up (2 s in the test center), or already past it when this machine is slow
     await alice.wait_for(lambda s: s["agents"]["alice"]["state"] in ("wrap-up", "available")
-                         and s["agents"]["alice"]["call"] is None, timeout=15)
+                         and s["agents"]["alice"].get("call") is None, timeout=15)
     assert center.emu.calls[caller.sid].status == "completed"
     assert await center.redis.hlen(keys.OFFER_CALLS) == 0 and await center.redis.hlen(keys.OFFER_AGENTS) == 0
     kinds = [(f["type"], f.get("result")) for f in await center.facts()]
@@ -383,3 +383,18 @@ async def test_agent_turning_available_gets_the_waiting_caller(center_factory: A
     await alice.send({"type": "set_state", "state": "available"})
     offer = await next_message(alice, "offer")
     assert offer["call_sid"] == caller.sid
+
+
+async def test_instance_killed_during_an_offer_the_caller_goes_to_an_agent_elsewhere(center_factory: Any) -> None:
+    center = await center_factory(instances=2)
+    alice = await center.agent("alice", i=0)
+    await asyncio.sleep(0.01)
+    bob = await center.agent("bob", i=1)
+    caller = await center.caller(info={"withheld": False, "customers": [], "owner": None, "owner_team": None}, i=1)
+    offer = await next_message(alice, "offer")
+    await center.services(0).crash()  # like SIGKILL: no drain; its lease expires and instance 1 reaps it
+    moved = await next_message(bob, "offer", timeout=20)
+    assert moved["call_sid"] == caller.sid and moved["offer_id"] != offer["offer_id"]
+    ended = [f for f in await center.facts() if f["type"] == "offer.ended"]
+    assert ended[0]["offer_id"] == offer["offer_id"] and ended[0]["reason"] == "agent_unavailable"
+    center.clients.remove(alice)
