@@ -265,6 +265,10 @@ class CallFlow:
         if result not in QUEUE_RESULT_OUTCOMES and result not in BRIDGED_RESULTS:
             log.warning("unknown QueueResult %r for call %s: counted as outcome 'other'", result, sid)
         queue = self._queue_named(request.query.get("queue"), form)
+        if result == "redirected" and await _routing_holds(request, sid):
+            # routing dequeued this caller for an accepted offer (docs/routing.md): it has not left the
+            # queue for the statistics, and a dial that does not connect puts it back in its place
+            return twiml.empty()
         await self._record(CallEvent(QUEUE_RESULT, self.clock.now_ms(), {
             "sid": sid, "result": result or "(none)", "outcome": outcome, "queue": queue.name,
             "qt_s": parse_queue_time_s(form.get("QueueTime")), "from": form.get("From", ""), "to": form.get("To", "")}))
@@ -412,6 +416,14 @@ def _wake_router(request: web.Request) -> None:
     services = request.app.get(SERVICES)
     if services is not None and services.routing is not None:
         services.routing.wake()
+
+
+async def _routing_holds(request: web.Request, call_sid: str) -> bool:
+    """Routing (offer mode): is this caller being connected for an accepted offer?"""
+    services = request.app.get(SERVICES)
+    if services is None or services.routing is None:
+        return False
+    return await services.routing.holds(call_sid)
 
 
 def _required(form: MultiDictProxy[str], name: str) -> str:

@@ -236,6 +236,15 @@ class Router:
             self.wake()
         return bool(done)
 
+    async def holds(self, call_sid: str) -> bool:
+        """Is this caller reserved by an offer (open, or accepted and being connected)? False if unknown."""
+        try:
+            return bool(await self.redis.hexists(keys.OFFER_CALLS, call_sid))
+        except (RedisError, OSError) as exc:
+            if self.on_redis_error:
+                self.on_redis_error(exc)
+            return False
+
     async def connection_cannot_take_calls(self, agent: str, conn_id: str, instance: str | None) -> None:
         """Register (instance given) or forget (None) a connection that said it cannot take offered calls."""
         await self._no_calls(args=[*self.presence.header(self.clock.now_ms()), agent, conn_id, instance or ""])

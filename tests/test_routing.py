@@ -398,3 +398,70 @@ async def test_instance_killed_during_an_offer_the_caller_goes_to_an_agent_elsew
     ended = [f for f in await center.facts() if f["type"] == "offer.ended"]
     assert ended[0]["offer_id"] == offer["offer_id"] and ended[0]["reason"] == "agent_unavailable"
     center.clients.remove(alice)
+
+
+async def test_router_survives_a_redis_restart(aiohttp_server: Any, redis_server_factory: Any, tmp_path: Any) -> None:
+    """Redis goes away and comes back empty: the router logs, keeps ticking, and routes again afterwards."""
+    from redis.asyncio import Redis
+
+    proc, url, directory = redis_server_factory(tmp_path)
+    client = Redis.from_url(url)
+    center = await start_center(aiohttp_server, url, client, offer_config())
+    try:
+        alice = await center.agent("alice")
+        router = center.services().routing
+        assert router is not None
+        proc.terminate()
+        proc.wait(5)
+        ticks = router.ticks
+        await asyncio.sleep(1.0)
+        assert router.ticks > ticks, "the router loop keeps going while Redis is away"
+        redis_server_factory(directory)
+        await asyncio.wait_for(center.services().follower.caught_up.wait(), 15)
+        for _ in range(200):  # the lease renewal finds its lease missing and registers alice again
+            if await client.hexists(keys.AGENTS, "alice") and center.services().mirror.staffed("support"):
+                break
+            await asyncio.sleep(0.1)
+        caller = await center.caller(info={"withheld": False, "customers": [], "owner": None, "owner_team": None})
+        offer = await next_message(alice, "offer", timeout=20)
+        assert offer["call_sid"] == caller.sid
+    finally:
+        for c in center.clients:
+            await c.close()
+        await center.emu.close()
+        await client.aclose()
+
+
+async def test_a_redirected_queue_result_during_the_connect_is_not_a_leaving(center_factory: Any) -> None:
+    """Should Twilio report the REST dequeue as QueueResult=redirected, the caller still has not left."""
+    import aiohttp
+
+    from callflow.signature import SIGNATURE_HEADER, sign
+    from tests.conftest import TWILIO_TOKEN
+
+    center = await center_factory()
+    alice = await center.agent("alice")
+    ringing, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_phone(params: dict[str, str], call: Any) -> str:
+        ringing.set()
+        await release.wait()
+        return "reject"
+
+    center.emu.softphones["alice"] = slow_phone
+    caller = await center.caller(info={"withheld": False, "customers": [], "owner": None, "owner_team": None})
+    offer = await next_message(alice, "offer")
+    await alice.send({"type": "accept", "offer_id": offer["offer_id"]})
+    await asyncio.wait_for(ringing.wait(), 10)
+    url = center.base() + "/twilio/voice/queue-result?queue=support"
+    form = {"CallSid": caller.sid, "QueueResult": "redirected", "QueueTime": "3", "From": caller.from_,
+            "To": caller.to}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(url, data=form, headers={SIGNATURE_HEADER: sign(TWILIO_TOKEN, url, form)}) as resp:
+            assert resp.status == 200
+    assert await center.redis.zscore(keys.queue_waiting("support"), caller.sid) is not None
+    release.set()  # the softphone refuses: the caller is put back and offered again
+    again = await next_message(alice, "offer")
+    assert again["call_sid"] == caller.sid
+    today = await center.support_today()
+    assert today["offered"] == 1 and today.get("redirected", 0) == 0
