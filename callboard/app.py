@@ -107,6 +107,9 @@ def build_app(config: Config, settings: Settings, redis: Redis, *, clock: Clock 
     app.add_routes(webhooks_api.routes())
     app.add_routes(records_api.routes())
     customers_setup(app)
+    import softphone
+
+    softphone.install(app, services)  # call controls and the conference bridge (docs/softphone.md)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         s = app[SERVICES]

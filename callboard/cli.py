@@ -1,4 +1,4 @@
-"""The `callboard` command: serve, demo, simulate, token."""
+"""The `callboard` command: serve, demo, simulate, token, voice-sdk."""
 
 from __future__ import annotations
 
@@ -78,7 +78,52 @@ def _parser() -> argparse.ArgumentParser:
                     help="upgrade (to head, or --revision), downgrade (to --revision), current, history")
     db.add_argument("--revision", help="target revision (upgrade: default head; downgrade: required, 'base' for empty)")
     db.set_defaults(func=_cmd_db)
+    _voice_sdk_args(sub)
     return parser
+
+
+def _voice_sdk_args(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    voice_sdk = sub.add_parser("voice-sdk", help="the Twilio Voice JS SDK the agent console loads")
+    actions = voice_sdk.add_subparsers(dest="action", required=True)
+    install = actions.add_parser("install", help="fetch @twilio/voice-sdk with npm into the data directory")
+    install.add_argument("--version", default=None, help="npm version or range (default: 2, the newest 2.x)")
+    install.add_argument("--from", dest="source", default=None,
+                         help="install from this npm tarball (.tgz) instead of the registry (offline installs)")
+    install.set_defaults(func=_cmd_voice_sdk_install)
+    status = actions.add_parser("status", help="say which SDK the server serves")
+    status.add_argument("--config", help="the center's TOML config (for [server] voice_sdk_url)")
+    status.set_defaults(func=_cmd_voice_sdk_status)
+
+
+def _cmd_voice_sdk_install(args: argparse.Namespace) -> int:
+    from callboard import voice_sdk
+    from callboard.services import Settings
+
+    settings = Settings.from_env()
+    spec = args.source or (f"{voice_sdk.PACKAGE}@{args.version}" if args.version else None)
+    try:
+        done = voice_sdk.install(settings.data_dir, spec)
+    except voice_sdk.VoiceSdkError as exc:
+        print(f"callboard: voice-sdk install failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"installed {voice_sdk.PACKAGE} {done.version} at {done.path}; the server serves it at {voice_sdk.SDK_PATH}")
+    return 0
+
+
+def _cmd_voice_sdk_status(args: argparse.Namespace) -> int:
+    from callboard import voice_sdk
+    from callboard.services import Settings
+
+    config = _load_config_or_exit(args.config)
+    found = voice_sdk.installed(Settings.from_env().data_dir)
+    if config.server.voice_sdk_url:
+        print(f"[server] voice_sdk_url is set: the console loads {config.server.voice_sdk_url}")
+    elif found:
+        print(f"{voice_sdk.PACKAGE} {found.version} is installed; the console loads {voice_sdk.SDK_PATH}")
+    else:
+        print("no Voice SDK: run `callboard voice-sdk install` or set [server] voice_sdk_url")
+        return 1
+    return 0
 
 
 def _server_args(p: argparse.ArgumentParser) -> None:

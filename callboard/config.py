@@ -66,6 +66,11 @@ class Center:
     # first users type Japanese national numbers (03-1234-5678) and the demo center is Japanese-flavoured;
     # a US center sets "US". A wrong region never mis-stores silently: a number it cannot read is a 400.
     default_region: str = "JP"
+    # softphone (docs/softphone.md): how a caller meets its agent, where the conference media lives, and
+    # the wrap-up panel's disposition codes
+    bridge: str = "queue"
+    conference_region: str = "us1"
+    dispositions: tuple[str, ...] = ("resolved", "follow-up", "escalated", "wrong number")
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +203,7 @@ def parse_config(raw: dict[str, Any], source: str) -> Config:
         raise ConfigError(source, "center.default_region", f"{center.default_region!r} is not a region code like \"JP\" or \"US\"")
     if server.lease_ttl_s <= server.lease_renew_s:
         raise ConfigError(source, "server.lease_ttl_s", "must be longer than server.lease_renew_s")
+    _check_softphone(center, source)
 
     teams_raw = v.table_list(raw.get("teams", []), "teams")
     teams: list[str] = []
@@ -301,6 +307,29 @@ def _known_region(region: str) -> bool:
     import phonenumbers
 
     return region in phonenumbers.SUPPORTED_REGIONS
+
+BRIDGE_MODES = ("queue", "conference")
+# Twilio's media regions for conferences: the caller's audio is mixed there (jp1 keeps Japan's calls in Japan).
+CONFERENCE_REGIONS = ("us1", "ie1", "de1", "sg1", "br1", "au1", "jp1")
+DISPOSITION_MAX_CHARS = 64
+
+
+def _check_softphone(center: Center, source: str) -> None:
+    """The softphone keys of [center]: bridge mode, conference region, disposition codes."""
+    if center.bridge not in BRIDGE_MODES:
+        raise ConfigError(source, "center.bridge", f"{center.bridge!r} is not one of {', '.join(BRIDGE_MODES)}")
+    if center.conference_region not in CONFERENCE_REGIONS:
+        raise ConfigError(source, "center.conference_region",
+                          f"{center.conference_region!r} is not a Twilio region ({', '.join(CONFERENCE_REGIONS)})")
+    if not center.dispositions:
+        raise ConfigError(source, "center.dispositions", "must list at least one disposition code")
+    seen: set[str] = set()
+    for code in center.dispositions:
+        if not code.strip() or len(code) > DISPOSITION_MAX_CHARS:
+            raise ConfigError(source, "center.dispositions", f"{code!r} must be 1 to {DISPOSITION_MAX_CHARS} characters")
+        if code in seen:
+            raise ConfigError(source, "center.dispositions", f"duplicate disposition {code!r}")
+        seen.add(code)
 
 
 class _Validator:

@@ -66,6 +66,8 @@ async def _connect(flow: CallFlow, request: web.Request, form: MultiDictProxy[st
         return twiml.requeue(queue.name, flow._voice(queue), flow._url(request, "queue-result", queue=queue.name),
                              flow._url(request, "wait", queue=queue.name))
     offer, agent, queue = found
+    if flow.connect_in_conference is not None:  # [center] bridge = "conference": softphone/ adds the agent
+        return await flow.connect_in_conference(request, sid, offer, agent, queue)
     return twiml.dial_client(agent, offer,
                              bridge_url=flow._url(request, "bridge", queue=queue, agent=agent, offer=offer),
                              action_url=flow._url(request, "dial-result", queue=queue, agent=agent, offer=offer),

@@ -109,6 +109,10 @@ class CallFlow:
         self._spool: deque[CallEvent] = deque()
         # Set by the app (customers/lookup.py): start the directory lookup of a caller; never awaited here.
         self.caller_lookup: Callable[..., None] | None = None
+        # set by softphone/ in conference mode: (request, agent id, agent leg CallSid, queue) -> TwiML
+        self.take_next_in_conference: Callable[[web.Request, str, str, str], Awaitable[str]] | None = None
+        # set by softphone/ in conference mode: (request, caller CallSid, offer id, agent, queue) -> TwiML
+        self.connect_in_conference: Callable[[web.Request, str, str, str, str], Awaitable[str]] | None = None
         self._spool_wakeup = asyncio.Event()
         if self.auth_token is None and insecure:
             log.warning("INSECURE: Twilio webhook signatures are NOT checked (--insecure-dev); anyone who can "
@@ -128,6 +132,14 @@ class CallFlow:
 
         return [web.post(BASE_PATH + name, self._view(name, handler)) for name, handler in views.items()] \
             + connect.routes(self)
+
+    def webhook(self, name: str, handler: Handler) -> web.RouteDef:
+        """Another room's Twilio webhook under /twilio/voice/<name>, with this route's checks (softphone/)."""
+        return web.post(BASE_PATH + name, self._view(name, handler))
+
+    async def record(self, event: CallEvent) -> Applied | None:
+        """Apply a call event for another room (the softphone's conference legs), spooled like ours."""
+        return await self._record(event)
 
     @property
     def spool_depth(self) -> int:
@@ -244,6 +256,8 @@ class CallFlow:
             log.warning("agent %s asked for queue %r, which is not one of theirs", agent.id, _shown(name))
             return twiml.spoken_error("That queue is not one of yours. Goodbye.")
         await self._record(CallEvent(AGENT_LEG, self.clock.now_ms(), {"sid": sid, "agent": agent.id}))
+        if self.take_next_in_conference is not None:  # [center] bridge = "conference" (softphone/)
+            return await self.take_next_in_conference(request, agent.id, sid, name)
         return twiml.dial_queue(name, self._url(request, "bridge", queue=name, agent=agent.id))
 
     async def _bridge(self, request: web.Request, form: MultiDictProxy[str]) -> str:

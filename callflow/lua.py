@@ -136,6 +136,9 @@ call_handled = function(agent_id, wrap)
   if wrap == nil or wrap.call_sid == nil or wrap.queue == nil then return end
   local ck = k_call(wrap.call_sid)
   if redis.call('EXISTS', ck) == 0 then return end
+  -- after a transfer only the wrap-up of the agent who held the call last counts (softphone/, docs/softphone.md)
+  local holder = redis.call('HGET', ck, 'agent')
+  if holder and holder ~= agent_id then return end
   local wrap_ms = math.max(math.floor(tonumber(wrap.wrap_ms) or 0), 0)
   if redis.call('HSETNX', ck, 'wrap_ms', wrap_ms) == 1 then
     fact({type = 'call.wrap_up', call_sid = wrap.call_sid, agent = agent_id, wrap_up_s = wrap_ms / 1000})

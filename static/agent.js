@@ -92,6 +92,11 @@ function hideError() {
 // ---------------------------------------------------------------------------------------------
 // My badge and state buttons.
 
+// Other scripts of this page (agent-softphone.js) follow the console through these events, never its internals.
+function announce(name, detail) {
+  window.dispatchEvent(new CustomEvent(`callboard:${name}`, { detail }));
+}
+
 function myRecord() {
   return (me && snapshot?.agents?.[me]) || null;
 }
@@ -134,6 +139,7 @@ function renderMe() {
   dom.btnAway.classList.toggle("current", state === "away");
   updateButtons();
   renderMyQueues();
+  announce("me", { me, record, agents: snapshot?.agents || {}, queues: Object.keys(snapshot?.queues || {}) });
 }
 
 function tickMe() {
@@ -425,6 +431,7 @@ function onDelta(message) {
 }
 
 function onMessage(message) {
+  announce("message", message);
   if (offers.onMessage(message)) return; // routing: offer, offer_ended (static/agent-offers.js)
   if (message.type === "pop") {
     currentPop = message;
@@ -522,6 +529,7 @@ async function setupVoice() {
     if (!window.Twilio?.Device) throw new Error("the Twilio Voice SDK did not load");
     const device = new window.Twilio.Device(answer.token);
     voice.device = device;
+    announce("device", { device, identity: answer.identity, ttlS: answer.ttl_s, fetchToken: fetchVoiceToken });
     device.on?.("error", (error) => {
       voiceNotice(t("Voice error: {message}", { message: error?.message || error }), true);
     });
@@ -569,6 +577,7 @@ async function takeNext() {
     // SDK 2.x returns a Promise<Call>; 1.x returns a Connection. await handles both.
     const call = await voice.device.connect({ params: queue ? { queue } : {} });
     voice.call = call;
+    announce("call", { call });
     dom.takeNext.textContent = t("Hang up");
     dom.takeNext.classList.replace("btn-primary", "btn-danger");
     dom.takeNext.disabled = false;
@@ -608,6 +617,7 @@ async function main() {
     token = await askForToken(PAGE, dom.tokenRoot);
   }
   const start = () => {
+    announce("token", { token });
     socket = new CallboardSocket(token, {
       onWelcome,
       onSnapshot,

@@ -108,21 +108,39 @@ async def set_state(request: web.Request) -> web.StreamResponse:
 
 
 async def voice_token(request: web.Request) -> web.StreamResponse:
-    claims = _claims(request, "agent")
+    claims = _claims(request, "agent", "supervisor")
     services = _services(request)
     s = services.settings
     if not (s.twilio_account_sid and s.twilio_api_key and s.twilio_api_secret and s.twilio_twiml_app_sid):
         return _json_error(503, "Twilio voice is not configured on this server (TWILIO_ACCOUNT_SID, TWILIO_API_KEY, "
                                 "TWILIO_API_SECRET, TWILIO_TWIML_APP_SID)", "voice_unavailable")
-    if not services.config.server.voice_sdk_url:
-        return _json_error(503, "the Twilio Voice SDK URL is not configured ([server] voice_sdk_url)", "voice_unavailable")
+    from callboard import voice_sdk
+
+    sdk_url = services.config.server.voice_sdk_url or (voice_sdk.SDK_PATH if voice_sdk.installed(s.data_dir) else None)
+    if not sdk_url:
+        return _json_error(503, "the Twilio Voice SDK is not installed (run `callboard voice-sdk install`, "
+                                "or set [server] voice_sdk_url)", "voice_unavailable")
     from twilio.jwt.access_token import AccessToken
     from twilio.jwt.access_token.grants import VoiceGrant
 
-    token = AccessToken(s.twilio_account_sid, s.twilio_api_key, s.twilio_api_secret, identity=claims.sub, ttl=3600)
+    # Supervisors get their own identity space so that a supervisor named like an agent never rings that
+    # agent's softphone (the monitor adds `client:supervisor:<sub>` as a participant).
+    identity = claims.sub if claims.role == "agent" else f"supervisor:{claims.sub}"
+    token = AccessToken(s.twilio_account_sid, s.twilio_api_key, s.twilio_api_secret, identity=identity, ttl=3600)
     token.add_grant(VoiceGrant(outgoing_application_sid=s.twilio_twiml_app_sid, incoming_allow=True))
-    return web.json_response({"token": token.to_jwt(), "identity": claims.sub,
-                              "sdk_url": services.config.server.voice_sdk_url}, headers=JSON_HEADERS)
+    return web.json_response({"token": token.to_jwt(), "identity": identity, "sdk_url": sdk_url,
+                              "ttl_s": 3600}, headers=JSON_HEADERS)
+
+
+async def voice_sdk_file(request: web.Request) -> web.StreamResponse:
+    """The Voice SDK installed by `callboard voice-sdk install`, at a stable path."""
+    from callboard import voice_sdk
+
+    found = voice_sdk.installed(_services(request).settings.data_dir)
+    if found is None:
+        return web.Response(status=404, text="The Twilio Voice SDK is not installed: run `callboard voice-sdk install`.\n")
+    return web.FileResponse(found.path, headers={"Content-Type": "text/javascript; charset=utf-8",
+                                                 "Cache-Control": "no-cache"})
 
 
 async def metrics(request: web.Request) -> web.StreamResponse:
@@ -158,6 +176,7 @@ def routes() -> list[web.AbstractRouteDef]:
         web.get("/api/snapshot", snapshot),
         web.post("/api/agents/{agent_id}/state", set_state),
         web.get("/api/voice-token", voice_token),
+        web.get("/voice-sdk/twilio.min.js", voice_sdk_file),
         web.get("/metrics", metrics),
         web.get("/healthz", healthz),
         web.get("/readyz", readyz),

@@ -102,6 +102,10 @@ class Mirror:
             held = self.pops.get(ident)
             if held is not None and held.get("call_sid") == data.get("call_sid"):
                 del self.pops[ident]
+        elif kind == "notice":
+            # a one-off message for one agent's softphone (softphone/: monitor, transfer_failed); not kept
+            if ident in self.agents and isinstance(data.get("type"), str):
+                changes.pops.append((ident, data))
 
     def agent_counts(self, queue: str) -> dict[str, int]:
         return dict(self._counts.get(queue) or dict.fromkeys(STATES, 0))

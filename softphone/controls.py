@@ -1,0 +1,458 @@
+"""The call controls and the conference bridge: thin views over softphone/rules.py, one Lua step and one Twilio request.
+
+API (bearer tokens): POST /api/calls/{call_sid}/hold | transfer | monitor | hangup | wrap-up, and
+GET /api/softphone (what the console needs to draw itself: bridge mode, dispositions).
+
+Twilio webhooks (signed, under /twilio/voice/, through CallFlow.webhook): `conference` (the caller, once
+taken by an agent, joins its conference), `conference-events` (the conference's status callback),
+`participant` (an added participant's call status: a transfer's second agent, a supervisor), `requeue` and
+`requeue-result` (a caller transferred to a queue), `hold-music` (the HoldUrl).
+
+Order of the two sides: a control that must be exclusive (a transfer, a claim) is reserved in Redis first
+and released if Twilio refuses; a control that only records (hold, monitor, a transfer to a queue) asks
+Twilio first and records what Twilio did, so the record never says something happened that did not.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+from urllib.parse import quote
+
+import msgpack
+from aiohttp import web
+from multidict import MultiDictProxy
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from callboard import keys
+from callboard.auth import Claims, TokenError, verify_token
+from callboard.clock import Clock
+from callboard.config import Config
+from callflow import twiml as callflow_twiml
+from callflow.events import BRIDGE, STATUS, CallEvent
+from callflow.flow import BASE_PATH, CallFlow, _required
+from presence.store import PresenceStore
+from softphone import lua, rules
+from softphone import twiml as sp_twiml
+from softphone.rest import RestError, TwilioRest
+from softphone.rules import ControlError
+
+log = logging.getLogger(__name__)
+
+JSON_HEADERS = {"Cache-Control": "no-store"}
+ANSWERED_STATUSES = frozenset({"in-progress", "answered"})
+END_STATUSES = frozenset({"completed", "busy", "failed", "no-answer", "canceled"})
+TRANSFER_RING_S = 20  # how long a transfer rings the second agent before it counts as not answered
+MAX_BODY_BYTES = 16 * 1024
+
+
+class Controls:
+    """The softphone room of one instance."""
+
+    def __init__(self, *, config: Config, redis: Redis, presence: PresenceStore, clock: Clock, flow: CallFlow,
+                 rest: TwilioRest, secret: str, public_url: str | None) -> None:
+        self.config, self.redis, self.presence, self.clock, self.flow, self.rest = config, redis, presence, clock, flow, rest
+        self.secret = secret
+        self.public_url = public_url.rstrip("/") if public_url else None
+        self._script = redis.register_script(lua.CONTROL)
+        self.conference_mode = config.center.bridge == "conference"
+        if self.conference_mode:
+            flow.take_next_in_conference = self.take_next
+            flow.connect_in_conference = self.connect_offer
+
+    # -- composition -------------------------------------------------------------------------------------
+
+    def routes(self) -> list[web.AbstractRouteDef]:
+        api = [web.get("/api/softphone", self.settings_view)]
+        for name, handler in (("hold", self.hold), ("transfer", self.transfer), ("monitor", self.monitor),
+                              ("hangup", self.hangup), ("wrap-up", self.wrap_up)):
+            api.append(web.post(f"/api/calls/{{call_sid}}/{name}", self._api(name, handler)))
+        hooks = {"conference": self._conference, "conference-events": self._conference_events,
+                 "participant": self._participant, "requeue": self._requeue, "requeue-result": self._requeue_result,
+                 "hold-music": self._hold_music}
+        return [*api, *(self.flow.webhook(name, handler) for name, handler in hooks.items())]
+
+    async def step(self, op: dict[str, Any]) -> dict[str, Any]:
+        """One atomic control step in Redis (softphone/lua.py CONTROL)."""
+        payload = {k: v for k, v in op.items() if v is not None}
+        raw = await self._script(args=[*self.presence.header(self.clock.now_ms()), msgpack.packb(payload)])
+        return msgpack.unpackb(raw, raw=False)
+
+    def _url(self, request: web.Request, route: str, **query: str | None) -> str:
+        from urllib.parse import urlencode
+
+        base = self.public_url or str(request.url.origin())
+        params = {k: v for k, v in query.items() if v is not None}
+        return f"{base}{BASE_PATH}{route}" + (f"?{urlencode(params)}" if params else "")
+
+    # -- the API views -----------------------------------------------------------------------------------
+
+    def _api(self, name: str, handler: Any) -> Any:
+        async def view(request: web.Request) -> web.StreamResponse:
+            try:
+                claims = self._claims(request)
+                call_sid = request.match_info["call_sid"]
+                rules.check_call_sid(call_sid)
+                body = await _json_body(request)
+                answer = await handler(request, claims, call_sid, body)
+                return web.json_response({"call_sid": call_sid, **answer}, headers=JSON_HEADERS)
+            except ControlError as err:
+                out = {"error": str(err), "code": err.code}
+                if err.field:
+                    out["field"] = err.field
+                return web.json_response(out, status=err.status, headers=JSON_HEADERS)
+            except RestError as err:
+                return web.json_response({"error": str(err), "code": "twilio_error", "twilio_code": err.twilio_code},
+                                         status=err.status, headers=JSON_HEADERS)
+            except (RedisError, OSError) as exc:
+                log.warning("control %s: Redis unavailable (%s)", name, exc)
+                return web.json_response({"error": "Redis is unreachable; try again in a moment", "code": "unavailable"},
+                                         status=503, headers=JSON_HEADERS)
+
+        view.__name__ = f"control_{name.replace('-', '_')}"
+        return view
+
+    def _claims(self, request: web.Request) -> Claims:
+        scheme, _, tok = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not tok:
+            raise ControlError(401, "bad_token", "missing bearer token (Authorization: Bearer <token>)")
+        try:
+            claims = verify_token(self.secret, tok.strip())
+        except TokenError as exc:
+            raise ControlError(401, "bad_token", str(exc)) from None
+        if claims.role not in ("agent", "supervisor"):
+            raise ControlError(403, "forbidden", f"a {claims.role} token cannot control calls")
+        return claims
+
+    async def _call(self, call_sid: str) -> dict[str, str]:
+        fields = ("mode", "agent", "leg", "conf", "end_ms", "from", "to", "queue", "wq", "hold_since")
+        values = await self.redis.hmget(keys.call(call_sid), list(fields))
+        call = {f: (v.decode() if isinstance(v, bytes) else v) for f, v in zip(fields, values, strict=True) if v is not None}
+        if not call.get("mode"):
+            raise ControlError(404, "unknown_call", f"no call {call_sid} in this center")
+        return call
+
+    def _may_control(self, claims: Claims, call: dict[str, str]) -> None:
+        if claims.role == "supervisor":
+            self._in_scope(claims, call)
+            return
+        if call.get("agent") != claims.sub:
+            raise ControlError(403, "not_your_call", "only the agent on this call (or a supervisor) may do that")
+
+    def _in_scope(self, claims: Claims, call: dict[str, str]) -> None:
+        """A supervisor token scoped to some queues or teams (callboard token --queues/--teams) controls only those."""
+        agent = self.config.agent(call.get("agent", ""))
+        if claims.queues is not None and call.get("queue") not in claims.queues:
+            raise ControlError(403, "forbidden", "this supervisor token does not cover the call's queue")
+        if claims.teams is not None and (agent is None or agent.team not in claims.teams):
+            raise ControlError(403, "forbidden", "this supervisor token does not cover the agent's team")
+
+    @staticmethod
+    def _live(call: dict[str, str]) -> None:
+        if call.get("end_ms"):
+            raise ControlError(409, "call_ended", "this call has already ended")
+
+    async def settings_view(self, request: web.Request) -> web.StreamResponse:
+        try:
+            self._claims(request)
+        except ControlError as err:
+            return web.json_response({"error": str(err), "code": err.code}, status=err.status)
+        c = self.config.center
+        return web.json_response({"bridge": c.bridge, "conference_region": c.conference_region,
+                                  "dispositions": list(c.dispositions), "monitor_modes": list(rules.MONITOR_MODES),
+                                  "conference_controls": sorted(rules.CONFERENCE_ONLY)}, headers=JSON_HEADERS)
+
+    async def hold(self, request: web.Request, claims: Claims, call_sid: str, body: Any) -> dict[str, Any]:
+        rules.check_mode("hold", self.config.center.bridge)
+        on = rules.hold_on(body)
+        call = await self._call(call_sid)
+        self._may_control(claims, call)
+        self._live(call)
+        conference = call.get("conf") or call_sid
+        changes: dict[str, Any] = {"hold": on}
+        if on:
+            changes["hold_url"] = self._url(request, "hold-music")
+            changes["hold_method"] = "POST"
+        await self.rest.update_participant(conference, call_sid, **changes)
+        done = await self.step({"op": "hold", "sid": call_sid, "on": on})
+        return {"on": on, "hold_s": done.get("hold_ms", 0) / 1000}
+
+    async def hangup(self, request: web.Request, claims: Claims, call_sid: str, body: Any) -> dict[str, Any]:
+        call = await self._call(call_sid)
+        self._may_control(claims, call)
+        self._live(call)
+        await self.rest.complete_call(call_sid)
+        return {"status": "completed"}
+
+    async def transfer(self, request: web.Request, claims: Claims, call_sid: str, body: Any) -> dict[str, Any]:
+        rules.check_mode("transfer", self.config.center.bridge)
+        target = rules.transfer(body, self.config)
+        call = await self._call(call_sid)
+        self._may_control(claims, call)
+        self._live(call)
+        holder = call.get("agent") or claims.sub
+        if target.queue is not None:
+            await self.rest.redirect_call(call_sid, self._url(request, "requeue", queue=target.queue, call=call_sid))
+            done = await self.step({"op": "requeue", "sid": call_sid, "queue": target.queue, "from": holder})
+            if not done.get("ok"):
+                raise ControlError(409, done.get("code", "refused"), "the call ended before it could be transferred")
+            return {"queue": target.queue, "status": "queued"}
+        assert target.agent is not None
+        if target.agent == call.get("agent"):
+            raise ControlError(400, "same_agent", "that agent already has this call", "agent")
+        done = await self.step({"op": "transfer_reserve", "sid": call_sid, "to": target.agent, "warm": target.warm,
+                                "from": holder})
+        if not done.get("ok"):
+            code = done.get("code", "refused")
+            text = {"agent_busy": f"{target.agent} is not available (state: {done.get('state', 'unknown')})",
+                    "transfer_pending": "a transfer of this call is already ringing",
+                    "call_ended": "this call has already ended"}.get(code, "the transfer was refused")
+            raise ControlError(409, code, text)
+        try:
+            part = await self.rest.add_participant(
+                call.get("conf") or call_sid, to=rules.client_identity(target.agent), from_=call.get("from") or "callboard",
+                region=self.config.center.conference_region,
+                conference_status_callback=self._url(request, "conference-events", call=call_sid),
+                status_callback=self._url(request, "participant", call=call_sid, agent=target.agent, kind="transfer"),
+                timeout=TRANSFER_RING_S, end_conference_on_exit=False, beep="false", label=f"agent:{target.agent}")
+        except RestError:
+            await self.step({"op": "transfer_cancel", "sid": call_sid, "reason": "twilio_refused"})
+            raise
+        await self.step({"op": "transfer_ringing", "sid": call_sid, "part": part})
+        return {"agent": target.agent, "warm": target.warm, "status": "ringing", "participant": part}
+
+    async def monitor(self, request: web.Request, claims: Claims, call_sid: str, body: Any) -> dict[str, Any]:
+        rules.check_mode("monitor", self.config.center.bridge)
+        if claims.role != "supervisor":
+            raise ControlError(403, "forbidden", "only a supervisor may monitor calls")
+        mode = rules.monitor_mode(body)
+        call = await self._call(call_sid)
+        self._in_scope(claims, call)
+        self._live(call)
+        options = rules.monitor_options(mode, call.get("leg"))
+        part = await self.rest.add_participant(
+            call.get("conf") or call_sid, to=rules.supervisor_identity(claims.sub), from_=call.get("from") or "callboard",
+            region=self.config.center.conference_region,
+            conference_status_callback=self._url(request, "conference-events", call=call_sid),
+            status_callback=self._url(request, "participant", call=call_sid, agent=claims.sub, kind="monitor"),
+            end_conference_on_exit=False, label=f"supervisor:{claims.sub}", **options)
+        await self.step({"op": "monitor", "sid": call_sid, "supervisor": claims.sub, "mode": mode, "part": part})
+        return {"mode": mode, "participant": part, **{k: v for k, v in options.items() if k != "beep"}}
+
+    async def wrap_up(self, request: web.Request, claims: Claims, call_sid: str, body: Any) -> dict[str, Any]:
+        if claims.role != "agent":
+            raise ControlError(403, "forbidden", "only the agent who took the call records its wrap-up")
+        disposition, note = rules.wrap_up(body, self.config)
+        done = await self.step({"op": "disposition", "sid": call_sid, "agent": claims.sub,
+                                "disposition": disposition, "note": note})
+        if not done.get("ok"):
+            if done.get("code") == "no_call":
+                raise ControlError(404, "unknown_call", f"no call {call_sid} in this center")
+            raise ControlError(403, "not_your_call", "only an agent who took this call may record its wrap-up")
+        return {"disposition": disposition, "note": note}
+
+    # -- conference mode: the agent takes the next caller ------------------------------------------------
+
+    async def take_next(self, request: web.Request, agent: str, leg: str, queue: str) -> str:
+        """The agent's softphone asked for the next caller: claim one, bring it into its conference, join it."""
+        try:
+            done = await self.step({"op": "claim", "queue": queue, "leg": leg})
+        except (RedisError, OSError) as exc:  # without Redis nobody can be claimed safely: say so, never hang
+            log.warning("agent %s could not take a caller: Redis unavailable (%s)", agent, exc)
+            return callflow_twiml.spoken_error("Calls cannot be taken right now. Please try again in a moment.")
+        if not done.get("ok"):
+            return callflow_twiml.spoken_error(f"No caller is waiting in {queue}. Goodbye.")
+        caller = str(done["claimed"])
+        try:
+            if not done.get("answered"):
+                # the answer is counted before the caller moves: Twilio may report the redirect out of the
+                # queue (QueueResult redirected) before we get to record it, and the first outcome wins
+                await self.flow.record(CallEvent(BRIDGE, self.clock.now_ms(), {
+                    "sid": caller, "leg": leg, "queue": queue, "agent": agent}))
+            await self.rest.redirect_call(caller, self._url(request, "conference", call=caller))
+        except RestError as exc:
+            log.warning("could not bring caller %s to agent %s: %s", caller, agent, exc)
+            await self.step({"op": "unclaim", "sid": caller, "leg": leg})
+            return callflow_twiml.spoken_error("The caller could not be reached. Please try again.")
+        if done.get("answered"):
+            call = await self._call(caller)
+            await self.step({"op": "took_again", "sid": caller, "agent": agent, "leg": leg,
+                             "queue": call.get("wq") or queue})
+        return sp_twiml.conference(caller, self.config.center.conference_region, end_on_exit=False,
+                                   status_url=self._url(request, "conference-events", call=caller), label=f"agent:{agent}")
+
+    # -- conference mode, offer routing: an accepted offer's caller ------------------------------------------
+
+    async def connect_offer(self, request: web.Request, caller: str, offer: str, agent: str, queue: str) -> str:
+        """Routing dequeued an accepted caller to `connect`: the caller into its conference, the agent rung in.
+
+        The agent's client is added with the Participants resource; its answer is the bridge (see
+        _participant, kind "offer"), so the caller is counted answered only when an agent is really there.
+        """
+        call = await self._call(caller)
+        try:
+            # the offer id rides as a custom parameter, so the console answers the call of the offer it accepted
+            await self.rest.add_participant(
+                caller, to=f"{rules.client_identity(agent)}?offer_id={quote(offer)}", from_=call.get("from") or "callboard",
+                region=self.config.center.conference_region,
+                conference_status_callback=self._url(request, "conference-events", call=caller),
+                status_callback=self._url(request, "participant", call=caller, agent=agent, kind="offer",
+                                          offer=offer, queue=queue),
+                timeout=TRANSFER_RING_S, end_conference_on_exit=False, beep="false", label=f"agent:{agent}")
+        except RestError as exc:
+            log.warning("offer %s: could not ring %s into the conference (%s); caller back to %s", offer, agent, exc, queue)
+            await self._release_offer(request, offer, caller, bridged=False)
+            return self._requeue_twiml(request, queue, answered=False)
+        return sp_twiml.conference(caller, self.config.center.conference_region, end_on_exit=True,
+                                   status_url=self._url(request, "conference-events", call=caller),
+                                   wait_url=self.config.center.hold_music_url, label="caller")
+
+    async def _release_offer(self, request: web.Request, offer: str, caller: str, *, bridged: bool) -> None:
+        from callboard.services import SERVICES
+
+        router = getattr(request.app[SERVICES], "routing", None)
+        if router is None:
+            return
+        try:
+            await router.connected(offer, caller, bridged)
+        except (RedisError, OSError) as exc:  # the offer's connect deadline releases it instead
+            log.warning("could not release offer %s now (%s); its deadline will", offer, exc)
+
+    async def _offer_participant(self, request: web.Request, caller: str, agent: str, part: str, status: str) -> None:
+        offer, queue = request.query.get("offer", ""), request.query.get("queue", "")
+        if self.config.queue(queue) is None:
+            return
+        if status in ANSWERED_STATUSES:
+            await self.flow.record(CallEvent(BRIDGE, self.clock.now_ms(), {
+                "sid": caller, "leg": part, "queue": queue, "agent": agent}))
+            await self._release_offer(request, offer, caller, bridged=True)
+            await self.step({"op": "holder_leg", "sid": caller, "leg": part, "agent": agent})
+        elif status in END_STATUSES:
+            try:
+                call = await self._call(caller)
+            except ControlError:  # not a call of ours (expired, or a forged query): nothing to undo
+                return
+            if call.get("leg") == part:  # the agent had the caller: their leg is over, wrap-up starts
+                await self.flow.record(CallEvent(STATUS, self.clock.now_ms(), {"sid": part, "agent": agent}))
+                return
+            await self._release_offer(request, offer, caller, bridged=False)
+            if not call.get("end_ms"):
+                try:  # the agent never answered: the caller goes back to its queue, keeping its place
+                    await self.rest.redirect_call(caller, self._url(request, "requeue", queue=queue, call=caller))
+                except RestError as exc:
+                    log.warning("offer %s: caller %s could not be put back in %s: %s", offer, caller, queue, exc)
+
+    # -- Twilio webhooks ------------------------------------------------------------------------------------
+
+    async def _conference(self, request: web.Request, form: MultiDictProxy[str]) -> str:
+        """The caller's TwiML once an agent took it: into the conference named after its CallSid."""
+        caller = _required(form, "CallSid")
+        hold = self.config.center.hold_music_url
+        return sp_twiml.conference(caller, self.config.center.conference_region, end_on_exit=True,
+                                   status_url=self._url(request, "conference-events", call=caller),
+                                   wait_url=hold, label="caller")
+
+    async def _conference_events(self, request: web.Request, form: MultiDictProxy[str]) -> str:
+        caller = request.query.get("call") or form.get("FriendlyName", "")
+        conf = form.get("ConferenceSid", "")
+        event = form.get("StatusCallbackEvent", "")
+        if not caller:
+            return callflow_twiml.empty()
+        if conf:
+            await self.step({"op": "conference", "sid": caller, "conf": conf})
+        if event == "participant-leave":
+            await self._owner_left(caller, form.get("CallSid", ""), conf)
+        return callflow_twiml.empty()
+
+    async def _owner_left(self, caller: str, leg: str, conf: str) -> None:
+        """The agent who holds the call left and nobody takes over: end the caller's call, not leave it alone."""
+        try:
+            call = await self._call(caller)
+        except ControlError:
+            return
+        if call.get("end_ms") or call.get("wq") or leg != call.get("leg") or leg == caller:
+            return
+        pending = await self.redis.hexists(keys.call(caller), "xfer")
+        if pending:
+            return
+        try:
+            await self.rest.complete_call(caller)
+        except RestError as exc:
+            log.info("caller %s already gone when its agent left (%s)", caller, exc)
+
+    async def _participant(self, request: web.Request, form: MultiDictProxy[str]) -> str:
+        """Call status of a participant we added: a transfer's second agent, or a supervisor."""
+        caller, agent, kind = request.query.get("call", ""), request.query.get("agent", ""), request.query.get("kind", "")
+        part = _required(form, "CallSid")
+        status = form.get("CallStatus", "")
+        if not caller or not agent:
+            return callflow_twiml.empty()
+        if kind == "offer":
+            await self._offer_participant(request, caller, agent, part, status)
+            return callflow_twiml.empty()
+        if kind == "monitor":
+            if status in END_STATUSES:
+                await self.step({"op": "monitor_end", "sid": caller, "part": part})
+            return callflow_twiml.empty()
+        if status in ANSWERED_STATUSES:
+            done = await self.step({"op": "transfer_answered", "sid": caller, "part": part, "agent": agent})
+            if done.get("ok") and not done.get("warm") and done.get("prev_leg"):
+                # cold: the first agent leaves as soon as the second answers
+                try:
+                    await self.rest.remove_participant(await self._conference_of(caller), str(done["prev_leg"]))
+                except RestError as exc:
+                    log.warning("cold transfer of %s: could not remove %s: %s", caller, done.get("prev_agent"), exc)
+        elif status in END_STATUSES:
+            cancelled = await self.step({"op": "transfer_cancel", "sid": caller, "part": part, "agent": agent,
+                                         "reason": status})
+            if not cancelled.get("ok"):
+                # the second agent had the call: their leg ended, as a softphone leg's status would say
+                await self.flow.record(CallEvent(STATUS, self.clock.now_ms(), {"sid": part, "agent": agent}))
+        return callflow_twiml.empty()
+
+    async def _conference_of(self, caller: str) -> str:
+        conf = await self.redis.hget(keys.call(caller), "conf")
+        return conf.decode() if isinstance(conf, bytes) else (conf or caller)
+
+    async def _requeue(self, request: web.Request, form: MultiDictProxy[str]) -> str:
+        caller = _required(form, "CallSid")
+        queue = (self.config.queue(request.query.get("queue", "")) or self.config.queues[0]).name
+        answered = bool(await self.redis.hexists(keys.call(caller), "ans"))
+        return self._requeue_twiml(request, queue, answered=answered)
+
+    def _requeue_twiml(self, request: web.Request, name: str, *, answered: bool) -> str:
+        """<Enqueue> again. A caller never answered leaves through queue-result (an abandon counts there);
+        an answered one (transferred to a queue) through requeue-result, which counts nothing twice."""
+        queue = self.config.queue(name) or self.config.queues[0]
+        center = self.config.center
+        voice = callflow_twiml.Voice(queue.language or center.language, queue.voice or center.voice)
+        action = self._url(request, "requeue-result" if answered else "queue-result", queue=queue.name)
+        return sp_twiml.requeue(queue.name, voice, action, self._url(request, "wait", queue=queue.name))
+
+    async def _requeue_result(self, request: web.Request, form: MultiDictProxy[str]) -> str:
+        caller = _required(form, "CallSid")
+        queue = request.query.get("queue", "")
+        if self.config.queue(queue) is not None:
+            await self.step({"op": "left_requeue", "sid": caller, "queue": queue})
+        return callflow_twiml.queue_result(None, callflow_twiml.ENGLISH)
+
+    async def _hold_music(self, request: web.Request, form: MultiDictProxy[str]) -> str:
+        return sp_twiml.hold_music(self.config.center.hold_music_url)
+
+
+async def _json_body(request: web.Request) -> Any:
+    if request.method != "POST":
+        return None
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise ControlError(413, "too_large", f"the body is larger than {MAX_BODY_BYTES // 1024} KiB")
+    raw = await request.content.read(MAX_BODY_BYTES + 1)
+    if len(raw) > MAX_BODY_BYTES:
+        raise ControlError(413, "too_large", f"the body is larger than {MAX_BODY_BYTES // 1024} KiB")
+    if not raw.strip():
+        return {}
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise ControlError(400, "bad_message", "the body must be JSON") from None
