@@ -17,12 +17,12 @@ from aiohttp import web
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from callboard.assets import read_page
 from callboard.auth import Claims, TokenError, verify_token
 from callboard.services import SERVICES, Services
 from customers import csvio, repo
 from customers.model import FieldError, parse_customer, parse_note
 from store.db import Database
+from wallboard.api import _page
 from webhooks import events as webhook_events
 
 log = logging.getLogger(__name__)
@@ -322,14 +322,9 @@ async def export_customers(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def customers_page(request: web.Request) -> web.StreamResponse:
-    html = read_page("customers.html")
-    return web.Response(text=html, content_type="text/html", headers=HEADERS)
-
-
 def routes() -> list[web.AbstractRouteDef]:
     return [
-        web.get("/customers", customers_page),
+        web.get("/customers", _page("customers.html")),  # the same page handler as the others (ui_language)
         web.get("/api/customers", _guarded(search_customers)),
         web.post("/api/customers", _guarded(create_customer)),
         # import and export take as long as their size needs (a 100,000-row file is a few seconds)
