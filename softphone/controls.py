@@ -32,7 +32,7 @@ from callboard.clock import Clock
 from callboard.config import Config
 from callflow import twiml as callflow_twiml
 from callflow.events import BRIDGE, STATUS, CallEvent
-from callflow.flow import BASE_PATH, CallFlow, _required
+from callflow.flow import BASE_PATH, CallFlow, _sid
 from presence.store import PresenceStore
 from softphone import lua, rules
 from softphone import twiml as sp_twiml
@@ -348,7 +348,7 @@ class Controls:
 
     async def _conference(self, request: web.Request, form: MultiDictProxy[str]) -> str:
         """The caller's TwiML once an agent took it: into the conference named after its CallSid."""
-        caller = _required(form, "CallSid")
+        caller = _sid(form, "CallSid")
         hold = self.config.center.hold_music_url
         return sp_twiml.conference(caller, self.config.center.conference_region, end_on_exit=True,
                                    status_url=self._url(request, "conference-events", call=caller),
@@ -385,7 +385,7 @@ class Controls:
     async def _participant(self, request: web.Request, form: MultiDictProxy[str]) -> str:
         """Call status of a participant we added: a transfer's second agent, or a supervisor."""
         caller, agent, kind = request.query.get("call", ""), request.query.get("agent", ""), request.query.get("kind", "")
-        part = _required(form, "CallSid")
+        part = _sid(form, "CallSid")
         status = form.get("CallStatus", "")
         if not caller or not agent:
             return callflow_twiml.empty()
@@ -417,7 +417,7 @@ class Controls:
         return conf.decode() if isinstance(conf, bytes) else (conf or caller)
 
     async def _requeue(self, request: web.Request, form: MultiDictProxy[str]) -> str:
-        caller = _required(form, "CallSid")
+        caller = _sid(form, "CallSid")
         queue = (self.config.queue(request.query.get("queue", "")) or self.config.queues[0]).name
         answered = bool(await self.redis.hexists(keys.call(caller), "ans"))
         return self._requeue_twiml(request, queue, answered=answered)
@@ -432,7 +432,7 @@ class Controls:
         return sp_twiml.requeue(queue.name, voice, action, self._url(request, "wait", queue=queue.name))
 
     async def _requeue_result(self, request: web.Request, form: MultiDictProxy[str]) -> str:
-        caller = _required(form, "CallSid")
+        caller = _sid(form, "CallSid")
         queue = request.query.get("queue", "")
         if self.config.queue(queue) is not None:
             await self.step({"op": "left_requeue", "sid": caller, "queue": queue})
