@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 from aiohttp import web
@@ -75,8 +74,8 @@ def _page(name: str) -> Any:
 async def snapshot(request: web.Request) -> web.StreamResponse:
     claims = _claims(request, "wallboard", "supervisor")
     services = _services(request)
-    body = services.hub.snapshot(messages.topics_for(claims, services.config))
-    return web.Response(text=json.dumps(body, separators=(",", ":")), content_type="application/json", headers=JSON_HEADERS)
+    body = services.hub.snapshot_json(messages.topics_for(claims, services.config))
+    return web.Response(text=body, content_type="application/json", headers=JSON_HEADERS)
 
 
 async def set_state(request: web.Request) -> web.StreamResponse:

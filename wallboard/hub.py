@@ -56,6 +56,13 @@ def encode(obj: dict[str, Any], encoding: str) -> str | bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 
 
+_SNAPSHOT_STUB: dict[str, Any] = {"type": "snapshot"}  # the object of a pre-encoded snapshot (never merged)
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
 def ws_frame(data: str | bytes) -> bytes:
     """One unmasked, uncompressed, final websocket frame (RFC 6455 5.2): text for str, binary for bytes."""
     if isinstance(data, str):
@@ -232,6 +239,7 @@ class Hub:
             self._team_agents.setdefault(a.team or "", []).append(a.id)
         self._last_flush = 0.0
         self._scheduled: asyncio.TimerHandle | asyncio.Handle | None = None
+        self._agent_json: dict[str, str] = {}  # agent id -> '"id":{...}' of its snapshot entry, until it changes
         self._owing: set[Subscriber] = set()  # subscribers whose peer is behind, pumped by the drain timer
         self._drain_timer: asyncio.TimerHandle | None = None
         self.on_sent: Callable[[int], None] | None = None  # counts messages written (the metric)
@@ -271,6 +279,37 @@ class Hub:
             "queues": {q: without_nulls(self.mirror.queue_entry(q, now_ms)) for q in queue_names},
         }
 
+    def snapshot_json(self, topics: Iterable[str]) -> str:
+        """`snapshot(topics)` as JSON text, identical to encode(snapshot, "json"), built from per-agent JSON
+        fragments kept until the agent changes: a 10,000-agent wallboard snapshot is then a join of cached
+        strings, not a rebuild and a dumps of 1.4 MB, and it stays so under load (only changed agents are
+        serialized again)."""
+        now_ms = self.clock.now_ms()
+        agent_ids, queue_names = self.covered(topics)
+        fragments = self._agent_json
+        agents = self.mirror.agents
+        parts = []
+        for agent_id in agent_ids:
+            fragment = fragments.get(agent_id)
+            if fragment is None:
+                fragment = fragments[agent_id] = _dumps(agent_id) + ":" + _dumps(without_nulls(agents[agent_id]))
+            parts.append(fragment)
+        queues = _dumps({q: without_nulls(self.mirror.queue_entry(q, now_ms)) for q in queue_names})
+        center = _dumps(without_nulls(self.mirror.center()))
+        return (f'{{"type":"snapshot","server_time_ms":{now_ms},"center":{center},'
+                f'"agents":{{{",".join(parts)}}},"queues":{queues}}}')
+
+    def subscribe_message(self, sub: Subscriber) -> Outgoing:
+        """Register and return the subscriber's snapshot, encoded for it (JSON from the fragment cache)."""
+        self.subscribers.add(sub)
+        sub.hub = self
+        for topic in sub.topics:
+            self._by_topic.setdefault(topic, set()).add(sub)
+        if sub.encoding == "json":
+            return Outgoing(_SNAPSHOT_STUB, self.snapshot_json(sub.topics))
+        snapshot = self.snapshot(sub.topics)
+        return Outgoing(snapshot, encode(snapshot, sub.encoding))
+
     def covered(self, topics: Iterable[str]) -> tuple[list[str], list[str]]:
         """Agent ids and queue names a set of topics covers, in config order."""
         topics = set(topics)
@@ -302,6 +341,8 @@ class Hub:
             self._send_topic(f"agent:{agent_id}", pop)
         if not (changes.agents or changes.queues):
             return
+        for agent_id in changes.agents:
+            self._agent_json.pop(agent_id, None)
         self._dirty.agents |= changes.agents
         self._dirty.queues |= changes.queues
         if self._scheduled is not None:

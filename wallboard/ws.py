@@ -35,7 +35,7 @@ from wallboard.const import (
     MAX_FRAME_BYTES,
     MSGPACK_PROTOCOL,
 )
-from wallboard.hub import Subscriber
+from wallboard.hub import Outgoing, Subscriber, encode
 from wallboard.messages import WireError
 
 log = logging.getLogger(__name__)
@@ -71,9 +71,12 @@ class Session:
 
     def send(self, obj: dict[str, Any]) -> None:
         """A message for this client only; written at once unless the client is behind."""
+        self.push(Outgoing(obj, encode(obj, self.sub.encoding)))
+
+    def push(self, item: Outgoing) -> None:
         sub = self.sub
         before = sub.sent
-        sub.send_now(obj)
+        sub.push(item)
         if sub.sent != before:
             self.services.metrics.ws_messages_sent.inc(sub.sent - before)
 
@@ -207,7 +210,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     # The snapshot is not bound to a name: this frame lives as long as the connection, and a wallboard's
     # snapshot of a 10,000-agent center is megabytes.
     session.send(messages.welcome(session.claims, services.liveness.instance_id))
-    session.send(services.hub.subscribe(session.sub))
+    session.push(services.hub.subscribe_message(session.sub))
     is_agent = session.claims.role == "agent"
     if is_agent and (pop := services.mirror.pops.get(session.claims.sub)) is not None:
         session.send(pop)
