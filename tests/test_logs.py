@@ -132,22 +132,30 @@ async def _exercise(url: str, public_url: str, secret: str, twilio_token: str, c
     return sent
 
 
-@pytest.mark.parametrize("log_format", ["json", "text"])
-async def test_a_serving_process_logs_one_line_per_event_and_never_a_secret(procs: ProcessGroup, redis: Redis,
-                                                                           redis_url: str, tmp_path: Path,
-                                                                           log_format: str) -> None:
+def _serve(procs: ProcessGroup, redis_url: str, tmp_path: Path, log_format: str, name: str,
+           **extra_env: str) -> tuple[Any, dict[str, str], str, str, str]:
+    """A `callboard serve` with fresh random secrets: (server, env, CALLBOARD_SECRET, Twilio token, PUBLIC_URL)."""
     secret = "cb-secret-" + secrets.token_hex(20)
     twilio_token = secrets.token_hex(16)
-    api_secret = "api-secret-" + secrets.token_hex(16)
     port = free_port()
     public_url = f"http://127.0.0.1:{port}"
     data = tmp_path / "data"
     data.mkdir()
     env = serve_env(redis_url=redis_url, data_dir=data, secret=secret, twilio_auth_token=twilio_token,
-                    public_url=public_url, TWILIO_API_SECRET=api_secret,
-                    TWILIO_ACCOUNT_SID="AC" + secrets.token_hex(16), TWILIO_API_KEY="SK" + secrets.token_hex(16),
-                    TWILIO_TWIML_APP_SID="AP" + secrets.token_hex(16))
-    server = procs.spawn("logs", center(tmp_path / "center.toml"), env, port=port, log_format=log_format)
+                    public_url=public_url, **extra_env)
+    server = procs.spawn(name, center(tmp_path / "center.toml"), env, port=port, log_format=log_format)
+    return server, env, secret, twilio_token, public_url
+
+
+@pytest.mark.parametrize("log_format", ["json", "text"])
+async def test_a_serving_process_logs_one_line_per_event_and_never_a_secret(procs: ProcessGroup, redis: Redis,
+                                                                           redis_url: str, tmp_path: Path,
+                                                                           log_format: str) -> None:
+    api_secret = "api-secret-" + secrets.token_hex(16)
+    server, env, secret, twilio_token, public_url = _serve(
+        procs, redis_url, tmp_path, log_format, "logs", TWILIO_API_SECRET=api_secret,
+        TWILIO_ACCOUNT_SID="AC" + secrets.token_hex(16), TWILIO_API_KEY="SK" + secrets.token_hex(16),
+        TWILIO_TWIML_APP_SID="AP" + secrets.token_hex(16))
     await server.wait_ready()
     sent = await _exercise(server.url, public_url, secret, twilio_token, env, "wrong-" + secret)
     server.terminate()
@@ -322,15 +330,8 @@ async def _raw_request(port: int, head: bytes) -> bytes:
 async def test_an_oversized_header_or_request_line_never_prints_its_credential(procs: ProcessGroup, redis: Redis,
                                                                                redis_url: str, tmp_path: Path,
                                                                                log_format: str) -> None:
-    secret = "cb-secret-" + secrets.token_hex(20)
-    twilio_token = secrets.token_hex(16)
-    port = free_port()
-    public_url = f"http://127.0.0.1:{port}"
-    data = tmp_path / "data"
-    data.mkdir()
-    env = serve_env(redis_url=redis_url, data_dir=data, secret=secret, twilio_auth_token=twilio_token,
-                    public_url=public_url)
-    server = procs.spawn("big-header", center(tmp_path / "center.toml"), env, port=port, log_format=log_format)
+    server, _, secret, twilio_token, public_url = _serve(procs, redis_url, tmp_path, log_format, "big-header")
+    port = server.port
     await server.wait_ready()
     jwt = issue_token(secret, "alice", "agent", 600)
     params = {"CallSid": "CA" + "3" * 32, "To": "+15550000001"}
