@@ -87,7 +87,7 @@ async def offer_bridge(flow: CallFlow, request: web.Request, form: MultiDictProx
         "sid": caller, "leg": leg, "queue": queue.name, "agent": agent,
         "qt_s": parse_queue_time_s(form.get("QueueTime")), "from": form.get("From", ""), "to": form.get("To", "")}))
     if found:
-        await _release(request, found[0], caller, bridged=True)
+        await release_offer(request, found[0], caller, bridged=True)
     return twiml.empty()
 
 
@@ -103,10 +103,10 @@ async def _dial_result(flow: CallFlow, request: web.Request, form: MultiDictProx
         if found and leg:  # the agent's leg is over: its call ends, wrap-up starts
             await flow._record(CallEvent(STATUS, flow.clock.now_ms(), {"sid": leg, "agent": found[1]}))
         if found:
-            await _release(request, found[0], sid, bridged=True)
+            await release_offer(request, found[0], sid, bridged=True)
         return twiml.hangup()
     if found:
-        await _release(request, found[0], sid, bridged=False)
+        await release_offer(request, found[0], sid, bridged=False)
     if form.get("CallStatus") == "completed":  # the caller hung up while it rang: nothing to re-enqueue
         return twiml.empty()
     log.info("dial to %s for %s ended %r: caller back in queue %s", found[1] if found else "?", sid, status, queue.name)
@@ -114,7 +114,8 @@ async def _dial_result(flow: CallFlow, request: web.Request, form: MultiDictProx
                          flow._url(request, "wait", queue=queue.name))
 
 
-async def _release(request: web.Request, offer_id: str, call_sid: str, *, bridged: bool) -> None:
+async def release_offer(request: web.Request, offer_id: str, call_sid: str, *, bridged: bool) -> None:
+    """Tell the router an accepted offer's caller was bridged (or not); Redis away: its deadline does it."""
     services = request.app.get(SERVICES)
     router = services.routing if services is not None else None
     if router is None:

@@ -39,7 +39,7 @@ local function k_pop(agent) return PREFIX .. 'pop:' .. agent end
 
 -- The record's outcome for a counted leaving outcome (docs/DESIGN.md "Call records and reports").
 local function record_outcome(outcome, qt_ms, short_ms)
-  if outcome == 'abandoned' and qt_ms < short_ms then return 'short_abandoned' end
+  if outcome == 'abandoned' and qt_ms and qt_ms < short_ms then return 'short_abandoned' end  -- unknown wait: never short
   if outcome == 'system_error' then return 'error' end
   return outcome
 end
@@ -287,7 +287,7 @@ elseif kind == 'bridge' then
     redis.call('ZREM', k_waiting(c.queue), ev.sid)
     local agent = ev.agent
     if (agent == nil or agent == '') and ev.leg then agent = redis.call('HGET', k_leg(ev.leg), 'agent') end
-    fact({type = 'call.answered', call_sid = ev.sid, agent = nullable(ev.leg and agent), wait_s = c.qt_ms / 1000})
+    fact({type = 'call.answered', call_sid = ev.sid, agent = nullable(ev.leg and agent), wait_s = nullable(c.qt_ms and c.qt_ms / 1000)})  -- unknown wait: null, never 0
     if agent and agent ~= '' and ev.leg then
       redis.call('HSET', ck, 'agent', agent)
       attach_agent(agent, ev.leg, ev.sid, c)
@@ -321,7 +321,7 @@ elseif kind == 'queue_result' then
     end
     redis.call('ZREM', k_waiting(q), ev.sid)
     fact({type = 'call.left_queue', call_sid = ev.sid, outcome = record_outcome(ev.outcome, qt_ms, cfg.short_ms),
-          wait_s = qt_ms / 1000})
+          wait_s = nullable(qt_ms and qt_ms / 1000)})
     emit_queue(q, day, m)
   end
 

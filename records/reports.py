@@ -35,15 +35,20 @@ def counters_of(row: Mapping[str, Any], sl_ms: int) -> dict[str, int]:
     c: dict[str, int] = {stats.OFFERED: 1}
     if outcome == "answered":
         c[stats.ANSWERED] = 1
-        wait = row["wait_ms"] or 0
-        c[stats.ANSWER_WAIT_MS] = wait
-        c[stats.ANSWERED_WITHIN_SL] = 1 if wait <= sl_ms else 0
+        wait = row["wait_ms"]
+        if wait is None:  # an unknown wait is never zero: out of ASA and the SL denominators, as live
+            c[stats.ANSWERED_WAIT_UNKNOWN] = 1
+        else:
+            c[stats.ANSWER_WAIT_MS] = wait
+            c[stats.ANSWERED_WITHIN_SL] = 1 if wait <= sl_ms else 0
         if row["handle_ms"] is not None:
             c[stats.HANDLED] = 1
             c[stats.HANDLE_MS] = row["handle_ms"]
     elif outcome in ("abandoned", "short_abandoned"):
         c[stats.ABANDONED] = 1
         c[stats.SHORT_ABANDONED] = 1 if outcome == "short_abandoned" else 0
+        if outcome == "abandoned" and row["wait_ms"] is None:
+            c[stats.ABANDONED_WAIT_UNKNOWN] = 1
     elif outcome == "error":
         c["error"] = 1
     elif outcome in stats.LEAVE_OUTCOMES:

@@ -31,6 +31,7 @@ from callboard.auth import Claims, TokenError, verify_token
 from callboard.clock import Clock
 from callboard.config import Config
 from callflow import twiml as callflow_twiml
+from callflow.connect import release_offer
 from callflow.events import BRIDGE, STATUS, CallEvent
 from callflow.flow import BASE_PATH, CallFlow, _sid
 from presence.store import PresenceStore
@@ -303,22 +304,11 @@ class Controls:
                 timeout=TRANSFER_RING_S, end_conference_on_exit=False, beep="false", label=f"agent:{agent}")
         except RestError as exc:
             log.warning("offer %s: could not ring %s into the conference (%s); caller back to %s", offer, agent, exc, queue)
-            await self._release_offer(request, offer, caller, bridged=False)
+            await release_offer(request, offer, caller, bridged=False)
             return self._requeue_twiml(request, queue, answered=False)
         return sp_twiml.conference(caller, self.config.center.conference_region, end_on_exit=True,
                                    status_url=self._url(request, "conference-events", call=caller),
                                    wait_url=self.config.center.hold_music_url, label="caller")
-
-    async def _release_offer(self, request: web.Request, offer: str, caller: str, *, bridged: bool) -> None:
-        from callboard.services import SERVICES
-
-        router = getattr(request.app[SERVICES], "routing", None)
-        if router is None:
-            return
-        try:
-            await router.connected(offer, caller, bridged)
-        except (RedisError, OSError) as exc:  # the offer's connect deadline releases it instead
-            log.warning("could not release offer %s now (%s); its deadline will", offer, exc)
 
     async def _offer_participant(self, request: web.Request, caller: str, agent: str, part: str, status: str) -> None:
         offer, queue = request.query.get("offer", ""), request.query.get("queue", "")
@@ -327,7 +317,7 @@ class Controls:
         if status in ANSWERED_STATUSES:
             await self.flow.record(CallEvent(BRIDGE, self.clock.now_ms(), {
                 "sid": caller, "leg": part, "queue": queue, "agent": agent}))
-            await self._release_offer(request, offer, caller, bridged=True)
+            await release_offer(request, offer, caller, bridged=True)
             await self.step({"op": "holder_leg", "sid": caller, "leg": part, "agent": agent})
         elif status in END_STATUSES:
             try:
@@ -337,7 +327,7 @@ class Controls:
             if call.get("leg") == part:  # the agent had the caller: their leg is over, wrap-up starts
                 await self.flow.record(CallEvent(STATUS, self.clock.now_ms(), {"sid": part, "agent": agent}))
                 return
-            await self._release_offer(request, offer, caller, bridged=False)
+            await release_offer(request, offer, caller, bridged=False)
             if not call.get("end_ms"):
                 try:  # the agent never answered: the caller goes back to its queue, keeping its place
                     await self.rest.redirect_call(caller, self._url(request, "requeue", queue=queue, call=caller))

@@ -381,3 +381,28 @@ async def db(request: pytest.FixtureRequest, sqlite_test_url: str) -> AsyncItera
         yield database
     finally:
         await database.dispose()
+
+
+# -- the browser (every browser test shares this fixture) ----------------------------------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    """Debian's chromium through Playwright. Missing: a failure in CI, a skip on a developer machine."""
+    if not os.path.exists(CHROMIUM):  # noqa: ASYNC240 - one stat at fixture set-up
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing in CI: the browser tests cannot run (apt-get install chromium)")
+        pytest.skip(reason="Debian chromium not installed (apt-get install chromium)")
+    from playwright.async_api import async_playwright
+
+    (Path(__file__).resolve().parent.parent / "artifacts" / "browser").mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240
+    async with async_playwright() as p:
+        b = await p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            await b.close()

@@ -36,11 +36,8 @@ from callboard.config import Config, demo_config
 from callboard.services import SERVICES
 from callflow.flow import BASE_PATH
 from callflow.testing import FakeTwilio
-from tests.conftest import TWILIO_TOKEN, WsClient, connect, token
+from tests.conftest import CHROMIUM, CHROMIUM_ARGS, TWILIO_TOKEN, WsClient, connect, token  # noqa: F401
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--disable-quic"]
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "artifacts" / "browser"
 DOCS_SCREENSHOTS = ROOT / "docs" / "screenshots"
@@ -63,26 +60,6 @@ def _record(name: str, seconds: float) -> None:
     TIMINGS[name] = round(seconds, 3)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / "timings.json").write_text(json.dumps(TIMINGS, indent=2, sort_keys=True) + "\n")
-
-
-# -- the browser --------------------------------------------------------------------------------------------
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    """Debian's chromium through Playwright. Missing: a failure in CI, a skip on a developer machine."""
-    if not os.path.exists(CHROMIUM):  # noqa: ASYNC240 - one stat at fixture set-up
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} is missing in CI: the browser tests cannot run (apt-get install chromium)")
-        pytest.skip(reason="Debian chromium not installed (apt-get install chromium)")
-    from playwright.async_api import async_playwright
-
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    async with async_playwright() as p:
-        b = await p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            await b.close()
 
 
 class Watched:

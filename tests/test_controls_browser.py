@@ -10,8 +10,6 @@ REST requests to the emulator, presence, the websocket — is the real thing.
 from __future__ import annotations
 
 import asyncio
-import os
-from collections.abc import AsyncIterator
 from typing import Any
 
 import jwt
@@ -22,8 +20,8 @@ from callboard.services import Settings
 from callflow.testing import FakeTwilio
 from simulator.conferences import ConferenceEmulator
 from tests.conftest import SECRET, TWILIO_TOKEN, make_config, token
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, text_of, tid, wait_js
 from tests.test_browser import http as browser_http
+from tests.test_browser import text_of, tid, wait_js
 from tests.test_controls import ACCOUNT, LONG_LEASES, Phone, _phone, online, state_of, until
 
 API_SECRET = "api-secret-for-the-browser-tests-0123456789"
@@ -59,23 +57,6 @@ STAND_IN_SDK = """
   window.Twilio = { Device: StandInDevice };
 })();
 """
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    """Debian's chromium through Playwright, as tests/test_browser.py runs it (missing: a failure in CI)."""
-    if not os.path.exists(CHROMIUM):  # noqa: ASYNC240 - one stat at fixture set-up
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} is missing in CI: the browser tests cannot run (apt-get install chromium)")
-        pytest.skip(reason="Debian chromium not installed (apt-get install chromium)")
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as p:
-        b = await p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            await b.close()
 
 
 async def _voice_phone(make_instance: Any, aiohttp_server: Any, aiohttp_client: Any, redis: Redis, **center: Any) -> Phone:

@@ -15,7 +15,7 @@ import pytest
 from callflow.testing import FakeTwilio
 from customers.app import CALLER_LOOKUP
 from tests.conftest import TWILIO_TOKEN, open_test_database, token
-from tests.test_browser import JS_LIVE, JS_TEXT_IS, base_url, browser, http, open_page, tid, wait_js  # noqa: F401
+from tests.test_browser import JS_LIVE, JS_TEXT_IS, base_url, http, open_page, tid, wait_js  # noqa: F401
 
 SUPPORT = "+15550000001"
 
@@ -60,14 +60,14 @@ class Call:
             assert status == 200
 
 
-async def console(browser: Any, server: Any) -> Any:  # noqa: F811 - `browser` is the imported fixture
+async def console(browser: Any, server: Any) -> Any:
     w = await open_page(browser, f"{base_url(server)}/agent#token={token('alice', 'agent')}")
     await wait_js(w.page, JS_LIVE)
     await wait_js(w.page, JS_TEXT_IS, [tid("my-state"), "Available"])
     return w
 
 
-async def test_pop_panel_pick_one_of_two_customers_and_add_a_note(browser: Any, center: Any) -> None:  # noqa: F811
+async def test_pop_panel_pick_one_of_two_customers_and_add_a_note(browser: Any, center: Any) -> None:
     server, session = center
     await make_customer(session, name="山田 太郎", kana="ヤマダ タロウ", company="山田商店", phones=["03-1234-5678"],
                         memo="請求書は郵送を希望", owner="bob")
@@ -124,7 +124,7 @@ async def test_pop_panel_pick_one_of_two_customers_and_add_a_note(browser: Any, 
     w.check()
 
 
-async def test_pop_panel_creates_a_customer_from_an_unknown_number(browser: Any, center: Any) -> None:  # noqa: F811
+async def test_pop_panel_creates_a_customer_from_an_unknown_number(browser: Any, center: Any) -> None:
     server, session = center
     w = await console(browser, server)
     page = w.page
@@ -150,7 +150,7 @@ async def test_pop_panel_creates_a_customer_from_an_unknown_number(browser: Any,
     w.check()
 
 
-async def test_withheld_number_search_finds_the_customer(browser: Any, center: Any) -> None:  # noqa: F811
+async def test_withheld_number_search_finds_the_customer(browser: Any, center: Any) -> None:
     server, session = center
     await make_customer(session, name="鈴木 美咲", kana="スズキ ミサキ", phones=["06-1234-5678"])
     w = await console(browser, server)
@@ -167,7 +167,7 @@ async def test_withheld_number_search_finds_the_customer(browser: Any, center: A
     w.check()
 
 
-async def test_supervisor_page_search_edit_import_export_delete(browser: Any, center: Any) -> None:  # noqa: F811
+async def test_supervisor_page_search_edit_import_export_delete(browser: Any, center: Any) -> None:
     server, session = center
     await make_customer(session, name="高橋 健太", kana="タカハシ ケンタ", phones=["03-9876-5432"], company="高橋物産")
     w = await open_page(browser, f"{base_url(server)}/customers#token={token('boss', 'supervisor')}")
@@ -220,7 +220,7 @@ async def test_supervisor_page_search_edit_import_export_delete(browser: Any, ce
     w.check()
 
 
-async def test_an_agent_token_on_the_supervisor_page_is_refused_with_a_reason(browser: Any, center: Any) -> None:  # noqa: F811
+async def test_an_agent_token_on_the_supervisor_page_is_refused_with_a_reason(browser: Any, center: Any) -> None:
     server, _ = center
     w = await open_page(browser, f"{base_url(server)}/customers#token={token('alice', 'agent')}")
     page = w.page

@@ -17,11 +17,9 @@ from redis.asyncio import Redis
 from callboard.clock import FakeClock
 from store.db import Database
 from tests.conftest import token
-from tests.test_browser import ARTIFACTS, DOCS_SCREENSHOTS, browser, open_page, wait_js  # noqa: F401 - fixture
+from tests.test_browser import ARTIFACTS, DOCS_SCREENSHOTS, open_page, wait_js
 from tests.test_callflow_day import T0, make_harness, scripted_day, sid
 from tests.test_records_day import record_all
-
-__all__ = ["browser"]
 
 
 async def test_the_reports_page_draws_the_day(browser: Any, aiohttp_client: Any, redis: Redis, make_instance: Any,

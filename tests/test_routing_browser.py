@@ -19,8 +19,8 @@ from callboard import keys
 from tests.conftest import token
 from tests.routing_support import next_message, offer_config, start_center
 
-# the same Debian chromium fixture as tests/test_browser.py (a CI failure when missing, never a silent skip)
-from tests.test_browser import JS_LIVE, JS_TEXT_IS, browser, open_page, text_of, tid, wait_js  # noqa: F401
+# `browser` is the shared Debian chromium fixture of tests/conftest.py (a CI failure when missing, never a skip)
+from tests.test_browser import JS_LIVE, JS_TEXT_IS, open_page, text_of, tid, wait_js  # noqa: F401
 
 SDK_STAND_IN = """
 window.__sdk = {devices: [], accepted: [], incoming: []};
@@ -53,7 +53,7 @@ async def center(aiohttp_server: Any, redis_url: str, redis: Any) -> Any:
     await c.emu.close()
 
 
-async def test_offer_rings_in_the_console_and_is_accepted(browser: Any, center: Any) -> None:  # noqa: F811
+async def test_offer_rings_in_the_console_and_is_accepted(browser: Any, center: Any) -> None:
     context = await browser.new_context(viewport={"width": 1400, "height": 900})
     await context.add_init_script(SDK_STAND_IN)
     page = await context.new_page()
@@ -102,7 +102,7 @@ async def test_offer_rings_in_the_console_and_is_accepted(browser: Any, center: 
     await context.close()
 
 
-async def test_console_without_sdk_says_it_cannot_take_offered_calls(browser: Any, aiohttp_server: Any,  # noqa: F811
+async def test_console_without_sdk_says_it_cannot_take_offered_calls(browser: Any, aiohttp_server: Any,
                                                                      redis_url: str, redis: Any) -> None:
     center = await start_center(aiohttp_server, redis_url, redis, offer_config())  # no voice configured
     try:

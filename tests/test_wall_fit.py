@@ -35,9 +35,9 @@ from tests.test_browser import (
     wait_js,
 )
 
-# The shared fixtures of the browser tests: one headless Debian chromium per test, agents signed in over websockets.
-browser = test_browser.browser
+# Shared fixtures: `browser` (tests/conftest.py: one headless Debian chromium), agents signed in over websockets.
 agents = test_browser.agents
+
 
 def docs_shot(name: str) -> Path | None:
     """docs/screenshots/<name> when regenerating the docs (CALLBOARD_SCREENSHOTS=1), else artifacts only."""
