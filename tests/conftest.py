@@ -9,6 +9,7 @@ it empties again when the session ends. See SuiteRedisDatabases.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import subprocess
@@ -226,11 +227,27 @@ async def make_instance(redis_url: str, redis: Redis, aiohttp_server: Any, setti
     async def factory(config: Config | None = None, *, clock: Any = None, instance_id: str | None = None,
                       app_settings: Any = None, url: str | None = None, db: Any = None) -> Any:
         client = Redis.from_url(url or redis_url, socket_timeout=10, socket_connect_timeout=2)
-        app = build_app(config or make_config(), app_settings or settings, client, clock=clock,
+        chosen = app_settings or settings
+        if chosen.data_dir == Path(".callboard"):  # never the checkout's own data directory (its SQLite file)
+            chosen = dataclasses.replace(chosen, data_dir=settings.data_dir)
+        app = build_app(config or make_config(), chosen, client, clock=clock,
                         instance_id=instance_id, close_redis=True, db=db)
+        await keep_facts(redis)
         return await aiohttp_server(app)
 
     yield factory
+
+
+async def keep_facts(redis: Redis) -> None:
+    """A consumer group on the facts stream that never reads: the recorder trims only what every group has
+    acknowledged, so the facts stay on the stream for a test to read (it is emptied with the database)."""
+    from callboard import keys
+
+    try:
+        await redis.xgroup_create(keys.facts(), "tests-observer", id="0", mkstream=True)
+    except sync_redis.ResponseError as exc:  # BUSYGROUP: a second instance of the same test made it already
+        if "BUSYGROUP" not in str(exc):
+            raise
 
 
 def ws_url(server: Any) -> str:

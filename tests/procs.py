@@ -203,3 +203,9 @@ async def scrape(url: str) -> str:
         async with http.get(url + "/metrics") as resp:
             assert resp.status == 200, f"GET {url}/metrics answered {resp.status}"
             return await resp.text()
+
+
+# Several instances on one Redis must share one SQL database (each with its own SQLite is refused by /readyz):
+# the test PostgreSQL, else an address where none answers (the directory and records are then unavailable,
+# which the instances survive by design).
+SHARED_DATABASE_URL = os.environ.get("TEST_DATABASE_URL") or "postgresql://postgres@127.0.0.1:9/unreachable"

@@ -24,7 +24,7 @@ from callboard.app import build_app
 from callboard.config import Config
 from callboard.services import SERVICES, Services, Settings
 from simulator.twilio_api import EmuCall, TwilioEmulator, new_sid
-from tests.conftest import SECRET, TWILIO_TOKEN, WsClient, make_config, token, ws_url
+from tests.conftest import SECRET, TWILIO_TOKEN, WsClient, keep_facts, make_config, token, ws_url
 
 ACCOUNT = "AC" + "7" * 32
 OFFER_ROUTING = {"mode": "offer", "offer_timeout_s": 15, "missed_to_away": 2, "tick_ms": 50}
@@ -120,9 +120,7 @@ async def start_center(aiohttp_server: Any, redis_url: str, redis: Redis, config
     emu = TwilioEmulator(account_sid=ACCOUNT, auth_token=TWILIO_TOKEN, api_keys=api_keys)
     emu_server = await aiohttp_server(emu.app(), host="127.0.0.1")
     center = OfferCenter(emu=emu, emu_url=f"http://127.0.0.1:{emu_server.port}", redis=redis)
-    # A consumer group that never reads: the recorder trims only what every group has acknowledged, so the
-    # facts stay on the stream for the tests to read (center.facts()).
-    await redis.xgroup_create(keys.facts(), "tests-observer", id="0", mkstream=True)
+    await keep_facts(redis)  # the facts stay on the stream for center.facts()
     for n in range(instances):
         port = free_port()
         data = Path(tempfile.mkdtemp(prefix="cb-routing-")) if data_dir is None else data_dir

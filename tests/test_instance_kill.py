@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 
 from callflow.signature import sign
 from tests.conftest import SECRET, TWILIO_TOKEN, token
-from tests.procs import ProcessGroup, serve_env, write_config
+from tests.procs import SHARED_DATABASE_URL, ProcessGroup, serve_env, write_config
 
 PUBLIC_URL = "https://callboard.example.com"
 WRAP_UP_S = 1
@@ -78,7 +78,8 @@ async def test_calls_stay_exact_when_their_instance_is_killed_mid_call(procs: Pr
         data = tmp_path / name
         data.mkdir()
         servers.append(procs.spawn(name, config, serve_env(redis_url=redis_url, data_dir=data, secret=SECRET,
-                                                          twilio_auth_token=TWILIO_TOKEN, public_url=PUBLIC_URL)))
+                                                          twilio_auth_token=TWILIO_TOKEN, public_url=PUBLIC_URL,
+                                                          DATABASE_URL=SHARED_DATABASE_URL)))
     victim, survivor = servers
     await asyncio.gather(victim.wait_ready(), survivor.wait_ready())
     alice = await _console(survivor.ws_url, "alice")

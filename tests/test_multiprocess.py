@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 import time
 from pathlib import Path
@@ -23,13 +22,12 @@ from websockets.exceptions import ConnectionClosed
 
 from callboard import keys
 from tests.conftest import SECRET, TWILIO_TOKEN, token
-from tests.procs import ProcessGroup, parse_samples, scrape, serve_env, write_config
+from tests.procs import SHARED_DATABASE_URL, ProcessGroup, parse_samples, scrape, serve_env, write_config
 from wallboard.patch import apply
 
 # Several instances on one Redis must share one SQL database (SQLite there is refused by /readyz). This
 # test is about the real-time path, which never touches SQL: without a test PostgreSQL an unreachable one
 # does (and shows that a database outage does not disturb presence or the wallboard).
-SHARED_DATABASE_URL = os.environ.get("TEST_DATABASE_URL") or "postgresql://postgres@127.0.0.1:9/unreachable"
 
 LEASE_RENEW_S, LEASE_TTL_S, SWEEP_EVERY_S, GRACE_S = 0.5, 1.5, 0.2, 3
 TEAMS = ("support", "sales")
