@@ -230,3 +230,30 @@ async def test_a_shuffled_day_records_the_same_in_sql(aiohttp_client: Any, redis
     report = await reports.intraday(db, h.config, date(2025, 11, 21), "support", 15)
     totals = report["queues"]["support"]["totals"]
     assert {k: totals[k] for k in CONTRACT_FIELDS} == {k: live["support"]["today"][k] for k in CONTRACT_FIELDS}
+
+
+async def test_unknown_waits_are_recorded_as_unknown_and_reports_still_equal_today(aiohttp_client: Any,
+                                                                                   redis: Redis, db: Any) -> None:
+    """Calls never seen entering, with no believable QueueTime (docs/statistics.md): their records say
+    `wait_s: null` (never 0, never a short abandon) and the intraday totals still equal the live `today`."""
+    from tests.test_callflow_bounds import _connected
+    from tests.test_callflow_day import agent_leg, bridge, incoming, queue_result
+
+    h = await make_harness(aiohttp_client, redis)
+    await _connected(h, "alice", "bob")
+    await h.run([
+        incoming(0, 1), agent_leg(9, 1, "alice"), bridge(10, 1, "alice", 10),  # known wait: 10 s
+        agent_leg(19, 2, "bob"), bridge(20, 2, "bob", ""),                     # never seen entering, no QueueTime
+        queue_result(30, 3, "hangup", "soon"),                                 # never seen, a wait that is no number
+    ])
+    live = await h.stats()
+    await record_all(redis, db, h.config)
+    unknown_answered, unknown_abandoned = await queries.get_call(db, sid(2)), await queries.get_call(db, sid(3))
+    assert unknown_answered is not None and unknown_answered["outcome"] == "answered"
+    assert unknown_answered["wait_s"] is None
+    assert unknown_abandoned is not None and unknown_abandoned["outcome"] == "abandoned"  # not short_abandoned
+    assert unknown_abandoned["wait_s"] is None
+    report = await reports.intraday(db, h.config, date(2025, 11, 21), "support", 15)
+    totals = report["queues"]["support"]["totals"]
+    assert {k: totals[k] for k in CONTRACT_FIELDS} == {k: live["support"]["today"][k] for k in CONTRACT_FIELDS}
+    assert live["support"]["today"]["asa_s"] == 10.0 and live["support"]["today"]["abandoned"] == 1
