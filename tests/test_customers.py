@@ -343,17 +343,21 @@ async def test_database_down_is_503_and_the_rest_of_the_service_runs(make_instan
 
 async def test_search_follows_edits_and_deletes(db: Database) -> None:
     """The trigram indexes (pg_trgm; SQLite's FTS5 table kept by triggers) follow every write."""
-    cid = await _add(db, name="Watanabe Kenji", company="Orion Logistics", phones=["03-1111-2222"])
+    cid = await _add(db, name="Watanabe Kenji", company="Orion Logistics 物流", phones=["03-1111-2222"])
 
     async def ids(q: str) -> list[str]:
         async with db.connect() as conn:
             return [c["id"] for c in await repo.search(conn, q, region="JP")]
 
     assert await ids("logist") == [cid] and await ids("1111-22") == [cid]
+    # 1-2 character words: PostgreSQL's spread column (a generated column, migration 0003) follows too
+    assert await ids("物流") == [cid] and await ids("流") == [cid] and await ids("運輸") == []
     async with db.begin() as conn:
-        await repo.replace(conn, cid, parse_customer({"name": "Watanabe Kenji", "company": "Vega Freight",
+        await repo.replace(conn, cid, parse_customer({"name": "Watanabe Kenji", "company": "Vega Freight 運輸",
                                                       "phones": ["03-3333-4444"]}, region="JP"), 2000)
     assert await ids("logist") == [] and await ids("1111-22") == []
+    assert await ids("物流") == [] and await ids("流") == []
+    assert await ids("運輸") == [cid] and await ids("輸") == [cid] and await ids("輸 vega") == [cid]
     assert await ids("freight") == [cid] and await ids("3333-44") == [cid]
     async with db.begin() as conn:
         await repo.add_note(conn, cid, "alice", "x", None, 3000)  # touches updated_ms only
@@ -363,4 +367,4 @@ async def test_search_follows_edits_and_deletes(db: Database) -> None:
             await conn.exec_driver_sql("INSERT INTO customers_fts(customers_fts, rank) VALUES ('integrity-check', 1)")
     async with db.begin() as conn:
         await repo.remove(conn, cid)
-    assert await ids("freight") == [] and await ids("watanabe") == []
+    assert await ids("freight") == [] and await ids("watanabe") == [] and await ids("運輸") == []
