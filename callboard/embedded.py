@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import fcntl
 import os
+import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -61,7 +63,8 @@ class EmbeddedRedis:
             "--daemonize", "no",
             "--logfile", str(self.data_dir / "redis.log"),
         ]
-        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                        preexec_fn=_die_with_parent)
         deadline = time.monotonic() + timeout_s
         client = redis.Redis(unix_socket_path=str(self.socket_path), socket_connect_timeout=0.5)
         try:
@@ -111,3 +114,14 @@ class EmbeddedRedis:
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._lock_fd = fd
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: on Linux, SIGTERM the embedded Redis when callboard dies however it dies
+    (a kill during start-up, before the graceful shutdown is wired, left it running with its data dir locked)."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
