@@ -8,7 +8,6 @@ is a 503 saying so — the rest of callboard (webhooks, presence, wallboard) nev
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -23,6 +22,7 @@ from customers import csvio, repo
 from customers.model import FieldError, parse_customer, parse_note
 from store.db import Database
 from wallboard.api import _page
+from wallboard.messages import WireError, parse_json
 from webhooks import events as webhook_events
 
 log = logging.getLogger(__name__)
@@ -94,12 +94,10 @@ def _guarded(view: View, timeout_s: float | None = DB_TIMEOUT_S) -> View:
 
 
 async def _json_body(request: web.Request) -> Any:
-    try:
-        return await request.json(loads=json.loads)
-    except json.JSONDecodeError as exc:
-        raise FieldError("body", f"not valid JSON ({exc.msg} at position {exc.pos})") from None
-    except UnicodeDecodeError:
-        raise FieldError("body", "not UTF-8") from None
+    try:  # the one decoder of client JSON: bounded nesting, English errors (wallboard/messages.py)
+        return parse_json(await request.read())
+    except WireError as exc:
+        raise FieldError("body", exc.message) from None
 
 
 def _parse(services: Services, body: Any) -> Any:

@@ -15,7 +15,6 @@ Twilio first and records what Twilio did, so the record never says something hap
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 from urllib.parse import quote
@@ -39,6 +38,7 @@ from softphone import lua, rules
 from softphone import twiml as sp_twiml
 from softphone.rest import RestError, TwilioRest
 from softphone.rules import ControlError
+from wallboard.messages import WireError, parse_json
 
 log = logging.getLogger(__name__)
 
@@ -442,7 +442,7 @@ async def _json_body(request: web.Request) -> Any:
         raise ControlError(413, "too_large", f"the body is larger than {MAX_BODY_BYTES // 1024} KiB")
     if not raw.strip():
         return {}
-    try:
-        return json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise ControlError(400, "bad_message", "the body must be JSON") from None
+    try:  # the one decoder of client JSON: bounded nesting, English errors (wallboard/messages.py)
+        return parse_json(raw)
+    except WireError as exc:
+        raise ControlError(400, "bad_message", exc.message) from None

@@ -132,6 +132,44 @@ async def test_every_api_route_answers_garbage_in_english_never_500(make_instanc
             assert r.status == 413, r.status
 
 
+async def test_the_second_wave_routes_answer_garbage_in_english_never_500(make_instance: Any) -> None:
+    """Directory, records, reports, webhooks and call controls: deep, huge, wrong-typed and non-JSON bodies
+    and absurd queries get a 4xx naming the problem (or 503 naming missing Twilio settings), never a 500."""
+    server = await make_instance()
+    url = f"http://{server.host}:{server.port}"
+    auths = [f"Bearer {token('boss', 'supervisor')}", f"Bearer {token('alice')}", "Bearer garbage"]
+    bodies = [b"", b"null", b"[]", b"\xff\xfe", b"[" * 60_000, b'{"a":' * 5_000 + b"1" + b"}" * 5_000,
+              b'{"name": {"x": 1}, "phones": "not a list"}', b'{"text": ' + b"9" * 400 + b"}",
+              b'{"on": "yes", "agent": 5, "mode": [], "disposition": null}']
+    sid = "CA" + "0" * 32
+    posts = ["/api/customers", "/api/customers/cu_nope/notes", f"/api/calls/{sid}/hold", f"/api/calls/{sid}/transfer",
+             f"/api/calls/{sid}/monitor", f"/api/calls/{sid}/hangup", f"/api/calls/{sid}/wrap-up",
+             "/api/webhooks/deliveries/nope/retry", "/api/calls/%2e%2e/hold"]
+    gets = ["/api/customers?q=" + "山" * 3_000, "/api/customers?limit=-1", "/api/customers?limit=1e9",
+            "/api/calls?since=yesterday", "/api/calls?limit=0&cursor=%%%", "/api/calls?since=1e400",
+            "/api/calls.csv?until=-5", f"/api/calls/{sid}", "/api/reports/intraday?date=2025-02-30",
+            "/api/reports/intraday?step_min=0", "/api/reports/agents?date=" + "9" * 300,
+            "/api/webhooks/deliveries?status=nope", "/api/customers.csv", "/customers", "/reports"]
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+        async def check(method: str, path: str, auth: str, body: bytes | None = None) -> None:
+            headers = {"Content-Type": "application/json", "Authorization": auth}
+            async with http.request(method, url + path, data=body, headers=headers, allow_redirects=False) as r:
+                text = await r.text(errors="replace")
+                where = (method, path[:50], auth[:20], (body or b"")[:30])
+                twilio_unset = r.status == 503 and "/api/calls/" in path and "TWILIO" in text
+                assert r.status < 500 or twilio_unset, (where, r.status, text[:300])
+                if r.status >= 400 and r.content_type == "application/json":
+                    assert "Traceback" not in text and re.search(r"[A-Za-z]{3}", text), (where, text[:300])
+
+        for path in posts:
+            for auth in auths:
+                for body in bodies:
+                    await check("POST", path, auth, body)
+        for path in gets:
+            for auth in auths:
+                await check("GET", path, auth)
+
+
 # -- presence: one bad batch never stops the batcher ----------------------------------------------------------
 
 class _FailingOnce(PresenceStore):
