@@ -347,7 +347,7 @@ def postgres_test_url() -> str:
         return url
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail("CI=true but TEST_DATABASE_URL is not set: the PostgreSQL half of the store tests must run")
-    pytest.skip("PostgreSQL store tests need TEST_DATABASE_URL=postgresql://... (.ci/run sets it)")
+    pytest.skip(reason="PostgreSQL store tests need TEST_DATABASE_URL=postgresql://... (.ci/run sets it)")
 
 
 async def open_test_database(backend: str, sqlite_url: str) -> Any:
