@@ -81,6 +81,34 @@ def verify_token(secret: str, token: object) -> Claims:
     )
 
 
+class AuthRefused(Exception):
+    """A request's credentials do not allow it: `status` 401 (code bad_token) or 403 (code forbidden)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def claims_from_header(secret: str, authorization: str, roles: tuple[str, ...], *,
+                       forbidden: str | None = None) -> Claims:
+    """The Claims of an `Authorization: Bearer <token>` header whose role is one of `roles`, else AuthRefused.
+
+    The one check behind every HTTP route; each room turns AuthRefused into its own error body. `forbidden`
+    replaces the 403 message (a template with {role} and {needs}).
+    """
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthRefused(401, "bad_token", "missing bearer token (Authorization: Bearer <token>)")
+    try:
+        claims = verify_token(secret, token.strip())
+    except TokenError as exc:
+        raise AuthRefused(401, "bad_token", str(exc)) from None
+    if claims.role not in roles:
+        template = forbidden or "a {role} token cannot do this (needs {needs})"
+        raise AuthRefused(403, "forbidden", template.format(role=claims.role, needs=" or ".join(roles)))
+    return claims
+
+
 def _str_tuple(value: object) -> tuple[str, ...] | None:
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return tuple(value)

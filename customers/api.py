@@ -16,7 +16,7 @@ from aiohttp import web
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from callboard.auth import Claims, TokenError, verify_token
+from callboard.auth import AuthRefused, Claims, claims_from_header
 from callboard.services import SERVICES, Services
 from customers import csvio, repo
 from customers.model import FieldError, parse_customer, parse_note
@@ -48,16 +48,10 @@ def _error(status: int, message: str, code: str, **extra: Any) -> web.Response:
 
 
 def _claims(request: web.Request, *roles: str) -> Claims:
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise _Refusal(401, "missing bearer token (Authorization: Bearer <token>)", "bad_token")
     try:
-        claims = verify_token(request.app[SERVICES].secret, token.strip())
-    except TokenError as exc:
-        raise _Refusal(401, str(exc), "bad_token") from None
-    if claims.role not in roles:
-        raise _Refusal(403, f"a {claims.role} token cannot do this (needs {' or '.join(roles)})", "forbidden")
-    return claims
+        return claims_from_header(request.app[SERVICES].secret, request.headers.get("Authorization", ""), roles)
+    except AuthRefused as exc:
+        raise _Refusal(exc.status, exc.message, exc.code) from None
 
 
 def _db(services: Services) -> Database:

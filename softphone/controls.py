@@ -26,7 +26,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from callboard import keys
-from callboard.auth import Claims, TokenError, verify_token
+from callboard.auth import AuthRefused, Claims, claims_from_header
 from callboard.clock import Clock
 from callboard.config import Config
 from callflow import twiml as callflow_twiml
@@ -116,16 +116,11 @@ class Controls:
         return view
 
     def _claims(self, request: web.Request) -> Claims:
-        scheme, _, tok = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not tok:
-            raise ControlError(401, "bad_token", "missing bearer token (Authorization: Bearer <token>)")
         try:
-            claims = verify_token(self.secret, tok.strip())
-        except TokenError as exc:
-            raise ControlError(401, "bad_token", str(exc)) from None
-        if claims.role not in ("agent", "supervisor"):
-            raise ControlError(403, "forbidden", f"a {claims.role} token cannot control calls")
-        return claims
+            return claims_from_header(self.secret, request.headers.get("Authorization", ""), ("agent", "supervisor"),
+                                      forbidden="a {role} token cannot control calls")
+        except AuthRefused as exc:
+            raise ControlError(exc.status, exc.code, exc.message) from None
 
     async def _call(self, call_sid: str) -> dict[str, str]:
         fields = ("mode", "agent", "leg", "conf", "end_ms", "from", "to", "queue", "wq", "hold_since")

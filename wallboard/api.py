@@ -9,7 +9,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from callboard.assets import read_page, static_dir
-from callboard.auth import Claims, TokenError, verify_token
+from callboard.auth import AuthRefused, Claims, claims_from_header
 from callboard.services import SERVICES, Services
 from presence.rules import SET, Intent, validate_seq, validate_set
 from wallboard import messages
@@ -34,17 +34,10 @@ class _Refused(Exception):
 
 
 def _claims(request: web.Request, *roles: str) -> Claims:
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        raise _Refused(_json_error(401, "missing bearer token (Authorization: Bearer <token>)", "bad_token"))
     try:
-        claims = verify_token(_services(request).secret, token.strip())
-    except TokenError as exc:
-        raise _Refused(_json_error(401, str(exc), "bad_token")) from None
-    if claims.role not in roles:
-        raise _Refused(_json_error(403, f"a {claims.role} token cannot do this (needs {' or '.join(roles)})", "forbidden"))
-    return claims
+        return claims_from_header(_services(request).secret, request.headers.get("Authorization", ""), roles)
+    except AuthRefused as exc:
+        raise _Refused(_json_error(exc.status, exc.message, exc.code)) from None
 
 
 @web.middleware
