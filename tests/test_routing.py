@@ -20,6 +20,9 @@ from callboard.services import SERVICES
 from tests.conftest import token
 from tests.routing_support import OfferCenter, next_message, offer_config, start_center
 
+# The directory's answer for a caller it does not know (the stand-in for cb:caller:{CallSid}).
+NO_CUSTOMER: dict[str, Any] = {"withheld": False, "customers": [], "owner": None, "owner_team": None}
+
 
 @pytest.fixture
 async def center_factory(aiohttp_server: Any, redis_url: str, redis: Any) -> Any:
@@ -149,7 +152,7 @@ async def test_expiry_then_missed_to_away(center_factory: Any) -> None:
     # leases far longer than the jumps of the fake clock, so only the offers expire
     center = await center_factory(clock=clock, server={"lease_renew_s": 0.2, "lease_ttl_s": 600})
     alice = await center.agent("alice")
-    caller = await center.caller(info={"withheld": False, "customers": [], "owner": None, "owner_team": None})
+    caller = await center.caller(info=NO_CUSTOMER)
     first = await next_message(alice, "offer")
     clock.advance(15.5)
     ended = await next_message(alice, "offer_ended")
@@ -169,7 +172,7 @@ async def test_expiry_then_missed_to_away(center_factory: Any) -> None:
 async def test_caller_hangup_cancels_the_offer(center_factory: Any) -> None:
     center = await center_factory()
     alice = await center.agent("alice")
-    caller = await center.caller(info={"withheld": False, "customers": [], "owner": None, "owner_team": None})
+    caller = await center.caller(info=NO_CUSTOMER)
     offer = await next_message(alice, "offer")
     await center.emu.hangup(caller.sid)
     ended = await next_message(alice, "offer_ended", timeout=2.0)
@@ -184,7 +187,7 @@ async def test_agent_disconnect_during_offer_goes_to_the_next_agent(center_facto
     alice = await center.agent("alice")
     await asyncio.sleep(0.01)
     bob = await center.agent("bob")
-    caller = await center.caller(info={"withheld": False, "customers": [], "owner": None, "owner_team": None})
+    caller = await center.caller(info=NO_CUSTOMER)
     offer = await next_message(alice, "offer")
     await alice.close()
     center.clients.remove(alice)
@@ -214,7 +217,7 @@ async def test_reject_offers_the_next_agent(center_factory: Any) -> None:
     alice = await center.agent("alice")
     await asyncio.sleep(0.01)
     bob = await center.agent("bob")
-    caller = await center.caller(info={"withheld": False, "customers": [], "owner": None, "owner_team": None})
+    caller = await center.caller(info=NO_CUSTOMER)
     offer = await next_message(alice, "offer")
     await alice.send({"type": "reject", "offer_id": offer["offer_id"]})
     assert (await next_message(alice, "offer_ended"))["reason"] == "rejected"
@@ -230,7 +233,7 @@ async def test_rest_429_then_success(center_factory: Any) -> None:
     center = await center_factory()
     alice = await center.agent("alice")
     center.emu.softphones["alice"] = answering([])
-    await center.caller(info={"withheld": False, "customers": [], "owner": None, "owner_team": None})
+    await center.caller(info=NO_CUSTOMER)
     offer = await next_message(alice, "offer")
     center.emu.inject(status=429, code=20429, times=2, path="/Members/")
     await alice.send({"type": "accept", "offer_id": offer["offer_id"]})
@@ -243,7 +246,7 @@ async def test_rest_failure_ends_the_offer_and_the_caller_is_offered_again(cente
     center = await center_factory()
     alice = await center.agent("alice")
     center.emu.softphones["alice"] = answering([])
-    caller = await center.caller(info={"withheld": False, "customers": [], "owner": None, "owner_team": None})
+    caller = await center.caller(info=NO_CUSTOMER)
     offer = await next_message(alice, "offer")
     center.emu.inject(status=503, code=20503, times=5, path="/Members/")
     await alice.send({"type": "accept", "offer_id": offer["offer_id"]})
@@ -262,11 +265,9 @@ async def test_dial_not_connected_requeues_keeping_fifo_and_counts(center_factor
     alice = await center.agent("alice")
     rang: list[dict[str, str]] = []
     center.emu.softphones["alice"] = answering(rang, "reject")  # the softphone refuses the dial
-    first = await center.caller("+15557770001", info={"withheld": False, "customers": [], "owner": None,
-                                                      "owner_team": None})
+    first = await center.caller("+15557770001", info=NO_CUSTOMER)
     await asyncio.sleep(0.05)
-    second = await center.caller("+15557770002", info={"withheld": False, "customers": [], "owner": None,
-                                                       "owner_team": None})
+    second = await center.caller("+15557770002", info=NO_CUSTOMER)
     entered = await center.redis.zscore(keys.queue_waiting("support"), first.sid)
     offer = await next_message(alice, "offer")
     assert offer["call_sid"] == first.sid
@@ -299,8 +300,7 @@ async def test_offers_are_exclusive_under_races_from_two_instances(center_factor
     agents = {"alice": await center.agent("alice", i=0), "bob": await center.agent("bob", i=1),
               "dave": await center.agent("dave", i=1)}
     await center.agent("alice", i=1)  # a second console of alice, on the other instance
-    callers = [await center.caller(f"+1555777000{n}", info={"withheld": False, "customers": [], "owner": None,
-                                                            "owner_team": None}) for n in range(6)]
+    callers = [await center.caller(f"+1555777000{n}", info=NO_CUSTOMER) for n in range(6)]
     routers = [center.services(0).routing, center.services(1).routing]
     assert all(routers)
     for _ in range(20):  # both instances decide at once, again and again, on top of their own loops
@@ -352,7 +352,7 @@ async def test_resync_restores_ringing_missed_offers_and_the_open_offer(center_f
     clock = FakeClock()
     center = await center_factory(clock=clock, server={"lease_renew_s": 0.2, "lease_ttl_s": 600}, missed_to_away=0)
     alice = await center.agent("alice")
-    await center.caller(info={"withheld": False, "customers": [], "owner": None, "owner_team": None})
+    await center.caller(info=NO_CUSTOMER)
     await next_message(alice, "offer")
     clock.advance(15.5)
     assert (await next_message(alice, "offer_ended"))["reason"] == "expired"
@@ -380,13 +380,12 @@ async def test_caller_hanging_up_while_the_agent_rings_frees_the_agent(center_fa
         return "answer"
 
     center.emu.softphones["alice"] = slow_phone
-    first = await center.caller(info={"withheld": False, "customers": [], "owner": None, "owner_team": None})
+    first = await center.caller(info=NO_CUSTOMER)
     offer = await next_message(alice, "offer")
     await alice.send({"type": "accept", "offer_id": offer["offer_id"]})
     await asyncio.wait_for(ringing.wait(), 10)
     await center.emu.hangup(first.sid)  # the caller gives up while alice's softphone rings
-    second = await center.caller("+15557770009", info={"withheld": False, "customers": [], "owner": None,
-                                                       "owner_team": None})
+    second = await center.caller("+15557770009", info=NO_CUSTOMER)
     got = await next_message(alice, "offer", timeout=5)  # well before the 60 s connect deadline
     assert got["call_sid"] == second.sid
     release.set()
@@ -398,7 +397,7 @@ async def test_agent_turning_available_gets_the_waiting_caller(center_factory: A
     alice = await center.agent("alice")
     await alice.send({"type": "set_state", "state": "away", "reason": "lunch"})
     await alice.wait_for(lambda s: s["agents"]["alice"]["state"] == "away", timeout=15)
-    caller = await center.caller(info={"withheld": False, "customers": [], "owner": None, "owner_team": None})
+    caller = await center.caller(info=NO_CUSTOMER)
     await asyncio.sleep(0.5)
     assert not [m for m in alice.messages if m["type"] == "offer"], "away agents are not offered calls"
     await alice.send({"type": "set_state", "state": "available"})
@@ -411,7 +410,7 @@ async def test_instance_killed_during_an_offer_the_caller_goes_to_an_agent_elsew
     alice = await center.agent("alice", i=0)
     await asyncio.sleep(0.01)
     bob = await center.agent("bob", i=1)
-    caller = await center.caller(info={"withheld": False, "customers": [], "owner": None, "owner_team": None}, i=1)
+    caller = await center.caller(info=NO_CUSTOMER, i=1)
     offer = await next_message(alice, "offer")
     await center.services(0).crash()  # like SIGKILL: no drain; its lease expires and instance 1 reaps it
     moved = await next_message(bob, "offer", timeout=20)
@@ -443,7 +442,7 @@ async def test_router_survives_a_redis_restart(aiohttp_server: Any, redis_server
             if await client.hexists(keys.AGENTS, "alice") and center.services().mirror.staffed("support"):
                 break
             await asyncio.sleep(0.1)
-        caller = await center.caller(info={"withheld": False, "customers": [], "owner": None, "owner_team": None})
+        caller = await center.caller(info=NO_CUSTOMER)
         offer = await next_message(alice, "offer", timeout=20)
         assert offer["call_sid"] == caller.sid
     finally:
@@ -470,7 +469,7 @@ async def test_a_redirected_queue_result_during_the_connect_is_not_a_leaving(cen
         return "reject"
 
     center.emu.softphones["alice"] = slow_phone
-    caller = await center.caller(info={"withheld": False, "customers": [], "owner": None, "owner_team": None})
+    caller = await center.caller(info=NO_CUSTOMER)
     offer = await next_message(alice, "offer")
     await alice.send({"type": "accept", "offer_id": offer["offer_id"]})
     await asyncio.wait_for(ringing.wait(), 10)
