@@ -11,6 +11,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 
 from callboard import __version__
+from callboard import web as web_ground
 from callboard.clock import Clock
 from callboard.config import Config
 from callboard.services import SERVICES, Services, Settings
@@ -100,7 +101,7 @@ def build_app(config: Config, settings: Settings, redis: Redis, *, clock: Clock 
     A `db` passed in belongs to the caller (tests share one); otherwise the app makes and disposes its own.
     """
     services = build_services(config, settings, redis, clock=clock, instance_id=instance_id, db=db)
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[api.refusals])
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[web_ground.refusals])
     app[SERVICES] = services
     app.add_routes(api.routes())
     app.add_routes(services.callflow.routes())

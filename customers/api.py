@@ -18,10 +18,10 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from callboard.auth import AuthRefused, Claims, claims_from_header
 from callboard.services import SERVICES, Services
+from callboard.web import page
 from customers import csvio, repo
 from customers.model import FieldError, parse_customer, parse_note
 from store.db import Database
-from wallboard.api import _page
 from wallboard.messages import WireError, parse_json
 from webhooks import events as webhook_events
 
@@ -316,7 +316,7 @@ async def export_customers(request: web.Request) -> web.StreamResponse:
 
 def routes() -> list[web.AbstractRouteDef]:
     return [
-        web.get("/customers", _page("customers.html")),  # the same page handler as the others (ui_language)
+        web.get("/customers", page("customers.html")),  # the same page handler as the others (ui_language)
         web.get("/api/customers", _guarded(search_customers)),
         web.post("/api/customers", _guarded(create_customer)),
         # import and export take as long as their size needs (a 100,000-row file is a few seconds)

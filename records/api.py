@@ -10,8 +10,10 @@ from aiohttp import web
 from sqlalchemy.exc import SQLAlchemyError
 
 from callboard.services import SERVICES, Services
+from callboard.web import JSON_HEADERS, page
+from callboard.web import claims as _claims
+from callboard.web import json_error as _json_error
 from records import csvout, queries, reports
-from wallboard.api import JSON_HEADERS, _claims, _json_error, _page
 
 log = logging.getLogger("callboard.records")
 View = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -120,7 +122,7 @@ async def agents(request: web.Request) -> web.StreamResponse:
 
 def routes() -> list[web.AbstractRouteDef]:
     return [
-        web.get("/reports", _page("reports.html")),
+        web.get("/reports", page("reports.html")),
         web.get("/api/calls", list_calls),
         web.get("/api/calls.csv", calls_csv),
         web.get("/api/calls/{call_sid}", get_call),

@@ -3,65 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from callboard.assets import read_page, static_dir
-from callboard.auth import AuthRefused, Claims, claims_from_header
-from callboard.services import SERVICES, Services
+from callboard.assets import static_dir
+from callboard.web import JSON_HEADERS, page
+from callboard.web import claims as _claims
+from callboard.web import json_error as _json_error
+from callboard.web import services as _services
 from presence.rules import SET, Intent, validate_seq, validate_set
 from wallboard import messages
-
-JSON_HEADERS = {"Cache-Control": "no-store"}
-
-
-def _services(request: web.Request) -> Services:
-    return request.app[SERVICES]
-
-
-def _json_error(status: int, message: str, code: str | None = None) -> web.Response:
-    body: dict[str, Any] = {"error": message}
-    if code:
-        body["code"] = code
-    return web.json_response(body, status=status, headers=JSON_HEADERS)
-
-
-class _Refused(Exception):
-    def __init__(self, response: web.Response) -> None:
-        self.response = response
-
-
-def _claims(request: web.Request, *roles: str) -> Claims:
-    try:
-        return claims_from_header(_services(request).secret, request.headers.get("Authorization", ""), roles)
-    except AuthRefused as exc:
-        raise _Refused(_json_error(exc.status, exc.message, exc.code)) from None
-
-
-@web.middleware
-async def refusals(request: web.Request, handler: Any) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except _Refused as refused:
-        return refused.response
 
 
 async def index(request: web.Request) -> web.StreamResponse:
     raise web.HTTPFound("/wallboard")
-
-
-def _page(name: str) -> Any:
-    async def handler(request: web.Request) -> web.StreamResponse:
-        html = read_page(name)
-        language = _services(request).config.center.ui_language
-        if language:  # the pages' fallback language, read before the first paint (validated as a BCP 47 tag)
-            html = html.replace("<html ", f'<html data-ui-language="{language}" ', 1)
-        # The token travels in the fragment and never reaches us; no-store keeps pages fresh after upgrades.
-        return web.Response(text=html, content_type="text/html", headers={"Cache-Control": "no-store"})
-
-    return handler
 
 
 async def snapshot(request: web.Request) -> web.StreamResponse:
@@ -161,8 +117,8 @@ def routes() -> list[web.AbstractRouteDef]:
 
     return [
         web.get("/", index),
-        web.get("/wallboard", _page("wallboard.html")),
-        web.get("/agent", _page("agent.html")),
+        web.get("/wallboard", page("wallboard.html")),
+        web.get("/agent", page("agent.html")),
         web.static("/static", str(static_dir())),
         web.get("/ws", websocket_handler),
         web.get("/api/snapshot", snapshot),

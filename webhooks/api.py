@@ -5,7 +5,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from callboard.services import SERVICES
-from wallboard.api import JSON_HEADERS, _claims, _json_error
+from callboard.web import JSON_HEADERS
+from callboard.web import claims as _claims
+from callboard.web import json_error as _json_error
 
 STATUSES = ("pending", "delivered", "failed")
 MAX_LIMIT = 500
