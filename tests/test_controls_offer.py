@@ -1,6 +1,6 @@
 """Offer routing with the conference bridge: an accepted offer's caller joins its conference and the agent is
 added with the Participants resource; the agent answering is the bridge. Through the conference emulator
-(simulator/conferences.py, which also dequeues queue members) on loopback; nothing mocked.
+(simulator/twilio_api.py, which also dequeues queue members) on loopback; nothing mocked.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from callboard.clock import Clock
 from callboard.services import Settings
 from callflow.live import QueueStatsMirror
 from callflow.testing import FakeTwilio
-from simulator.conferences import ConferenceEmulator
+from simulator.twilio_api import TwilioEmulator
 from tests.conftest import SECRET, TWILIO_TOKEN, connect, make_config, token
 from tests.routing_support import OFFER_ROUTING, free_port, next_message
 from tests.test_controls import ACCOUNT, SUPPORT, state_of, until
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 class OfferPhone:
     server: Any
     client: Any
-    emu: ConferenceEmulator
+    emu: TwilioEmulator
     twilio: FakeTwilio
     redis: Redis
     config: Any
@@ -40,7 +40,7 @@ class OfferPhone:
 
 @pytest.fixture
 async def offer_phone(aiohttp_server: Any, aiohttp_client: Any, redis_url: str, redis: Redis) -> AsyncIterator[OfferPhone]:
-    emu = ConferenceEmulator(ACCOUNT, TWILIO_TOKEN)
+    emu = TwilioEmulator(ACCOUNT, TWILIO_TOKEN)
     emu_server = await aiohttp_server(emu.app(), host="127.0.0.1")
     port = free_port()
     base = f"http://127.0.0.1:{port}"

@@ -104,7 +104,7 @@ async def test_rest_429_then_success_dequeues(emulator: Any, webhook_sink: Any) 
         emulator.inject(status=429, code=20429, times=2, path="/Members/")
         await rest.dequeue("support", leg.sid, str(server.make_url("/connect")))
         assert rest.retries == 2
-        statuses = [s for m, p, s in emulator.requests if "/Members/" in p]
+        statuses = [r.status for r in emulator.requests if "/Members/" in r.path]
         assert statuses == [429, 429, 200]
     finally:
         await rest.close()
