@@ -668,10 +668,10 @@ class TwilioEmulator:
                     await self._run_twiml(parent, twiml, base_url=action)
             if other is child and other.status not in ENDED:  # the caller left: the agent's leg ends too
                 await self.hangup(other.sid)
-        if leg.conference:
-            await self._leave(leg)
         if leg.status_callback and (status != "completed" or "completed" in leg.status_events):
             await self._webhook(leg.status_callback, leg, {"CallStatus": status})
+        if leg.conference:  # (Twilio does not order these; the call's own status first is the common case)
+            await self._leave(leg)
         leg.ended.set()
 
     def _enqueue(self, leg: EmuCall, name: str, action: str | None) -> EmuQueue:
@@ -836,6 +836,8 @@ class TwilioEmulator:
         room.status = "completed"
         for sid in list(room.participants):
             await self.end_call(sid)
+        for sid in [sid for sid, (pending, _) in self._pending.items() if pending is room]:
+            await self.end_call(sid, "canceled")  # still ringing: Twilio cancels the participant's call
         await self._conf_event(room, "conference-end", "end", None)
 
     async def _conf_event(self, room: EmuConference, event: str, short: str, member: EmuParticipant | None) -> None:
