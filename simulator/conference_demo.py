@@ -66,6 +66,7 @@ class ConferenceBehaviour:
 class DemoReport:
     counts: Counter[str] = field(default_factory=Counter)
     by_queue: dict[str, Counter[str]] = field(default_factory=dict)
+    statistics: str | None = None  # "match" or what differs: the server's counts against ours, after the stop
 
     def count(self, queue: str, what: str) -> None:
         self.by_queue.setdefault(queue, Counter())[what] += 1
@@ -76,10 +77,11 @@ class DemoReport:
 
     def line(self) -> str:
         c = self.counts
+        check = "" if self.statistics is None else f", server statistics {self.statistics}"
         return (f"callers {c['callers']}, answered {c['answered']}, abandoned {c['abandoned']}, "
                 f"holds {c['holds']}, transfers to agents {c['transfers_agent']} (taken {c['transfers_taken']}, "
                 f"refused {c['transfers_refused']}, not answered {c['transfers_not_taken']}), "
-                f"transfers to queues {c['transfers_queue']}, wrap-ups {c['dispositions']}, errors {c['errors']}")
+                f"transfers to queues {c['transfers_queue']}, wrap-ups {c['dispositions']}, errors {c['errors']}{check}")
 
 
 class _Agent:
@@ -320,6 +322,7 @@ class ConferenceDemo:
         self.queue_of: dict[str, str] = {}  # caller sid -> the queue it was first offered to
         self.popped: set[str] = set()  # callers answered (first screen pop)
         self.session: aiohttp.ClientSession | None = None
+        self.baseline: dict[str, dict[str, int]] | None = None
 
     # -- helpers -----------------------------------------------------------------------------------------
 
@@ -416,9 +419,45 @@ class ConferenceDemo:
 
     # -- the run -----------------------------------------------------------------------------------------
 
+    async def server_counts(self) -> dict[str, dict[str, int]] | None:
+        """Today's offered/answered/abandoned per queue as the wallboard shows them, or None if unreachable."""
+        assert self.session is not None
+        wall = issue_token(self.secret, "demo-statistics-check", "wallboard", 600)
+        try:
+            async with self.session.get(f"{self.base}/api/snapshot", headers={"Authorization": f"Bearer {wall}"}) as resp:
+                if resp.status != 200:
+                    return None
+                snap = await resp.json()
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return None
+        return {q: {k: int(e["today"][k]) for k in ("offered", "answered", "abandoned")}
+                for q, e in snap.get("queues", {}).items()}
+
+    async def check_statistics(self, baseline: dict[str, dict[str, int]]) -> None:
+        """The server's counts since the start must be ours exactly (they follow its change stream: poll a bit)."""
+        ours = self.report.queue_counts()
+        diff: dict[str, Any] = {}
+        for _ in range(30):
+            now = await self.server_counts()
+            if now is None:
+                break
+            diff = {}
+            for q, counts in now.items():
+                theirs = {k: v - baseline.get(q, {}).get(k, 0) for k, v in counts.items()}
+                mine = ours.get(q, {"offered": 0, "answered": 0, "abandoned": 0})
+                if theirs != mine:
+                    diff[q] = {"server": theirs, "demo": mine}
+            if not diff:
+                self.report.statistics = "match"
+                return
+            await asyncio.sleep(0.1)
+        self.report.statistics = f"differ: {diff}" if diff else "not checked (no snapshot)"
+        log.warning("conference demo: the server's statistics %s", self.report.statistics)
+
     async def run(self) -> DemoReport:
         self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
         try:
+            self.baseline = await self.server_counts()  # a day's counts may predate this run
             for agent in self.agents.values():
                 self.emu.softphones[agent.id] = agent.softphone
                 self.spawn(agent.run())
@@ -447,6 +486,8 @@ class ConferenceDemo:
         await self.emu.settle(5.0)
         await asyncio.sleep(0.5)  # pops in flight for callers answered just before the stop
         self.count_ended()
+        if self.baseline is not None:
+            await self.check_statistics(self.baseline)
         for task in list(self.tasks):
             task.cancel()
         if self.tasks:

@@ -106,6 +106,7 @@ async def test_conference_demo_pull_takes_holds_transfers_and_wraps_up(aiohttp_s
         assert c["answered"] >= 4 and c["takes"] >= 4 and c["holds"] >= 2 and c["resumes"] >= 1, report.line()
         assert c["transfers_queue"] + c["transfers_agent"] >= 1 and c["dispositions"] >= 3, report.line()
         await assert_exact_statistics(center, report)
+        assert report.statistics == "match"  # the demo's own check, printed when it stops
         kinds = await assert_controls_recorded(center, redis)
         assert kinds.get("call.requeued", 0) + kinds.get("call.transfer", 0) >= 1, kinds
         # the records behind /reports: hold time and dispositions of the calls the demo wrapped up
@@ -128,6 +129,7 @@ async def test_conference_demo_offer_routing_rings_agents_in_as_participants(aio
         assert c["holds"] >= 1 and c["dispositions"] >= 2, report.line()
         assert c["transfers_queue"] + c["transfers_agent"] >= 1, report.line()
         await assert_exact_statistics(center, report)
+        assert report.statistics == "match"
         await assert_controls_recorded(center, redis)
         # answered through the Participants resource: the agent was rung in with the offer id
         creates = [r.form for r in center.emu.requests if r.method == "POST" and r.path.endswith("/Participants.json")]
