@@ -4,7 +4,7 @@
     python bench/controls.py --smoke         # 4 calls, concurrency 1 and 4, 40 controls per step
 
 One process on loopback: an embedded Redis, one callboard instance in conference mode, the emulator
-(simulator/conferences.py) as Twilio. Each control is the whole path a button click takes: bearer check,
+(simulator/twilio_api.py) as Twilio. Each control is the whole path a button click takes: bearer check,
 call lookup in Redis, the Twilio REST request through the `twilio` package (to the emulator, which also
 fetches the HoldUrl and sends the hold status callback back, signed), the Lua step, the facts. Prints one
 JSON object per step with the load it ran. There is no target: a person clicks a button, so what matters
@@ -34,7 +34,7 @@ from callboard.config import parse_config  # noqa: E402
 from callboard.embedded import EmbeddedRedis  # noqa: E402
 from callboard.services import Settings  # noqa: E402
 from callflow.signature import SIGNATURE_HEADER, sign  # noqa: E402
-from simulator.conferences import ConferenceEmulator  # noqa: E402
+from simulator.twilio_api import TwilioEmulator  # noqa: E402
 
 SECRET = "bench-secret-0123456789abcdef0123456789abcdef"
 TWILIO_TOKEN = "bench-twilio-token-0123456789"
@@ -66,7 +66,7 @@ async def run(calls: int, ladder: list[int], per_step: int) -> None:
     with tempfile.TemporaryDirectory(prefix="cb-bench-controls-") as tmp:
         embedded = EmbeddedRedis(Path(tmp))
         redis_url = embedded.start()
-        emu = ConferenceEmulator(ACCOUNT, TWILIO_TOKEN)
+        emu = TwilioEmulator(ACCOUNT, TWILIO_TOKEN)
         emu.ring_delay_s = 0
         emu_runner, emu_url = await serve(emu.app())
         settings = Settings(secret=SECRET, twilio_auth_token=TWILIO_TOKEN, twilio_account_sid=ACCOUNT,

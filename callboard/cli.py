@@ -54,6 +54,10 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--routing", choices=("pull", "offer"), default="pull",
                       help="pull (default): simulated agents take the next caller; offer: callboard offers callers "
                            "to agents, Twilio's side played by the loopback emulator")
+    demo.add_argument("--bridge", choices=("queue", "conference"), default=None,
+                      help="queue: <Dial><Queue> bridge; conference: callers meet agents in a conference (in the "
+                           "config's conference_region) and the simulated agents hold, transfer and record "
+                           "dispositions, Twilio's side played by the loopback emulator (default: the config's bridge)")
 
     sim = sub.add_parser("simulate", help="drive a running callboard like Twilio and softphones would")
     simulate.add_arguments(sim)
@@ -258,14 +262,22 @@ async def _serve(args: argparse.Namespace, *, demo: bool) -> int:
     if demo and not settings.public_url:
         settings = dataclasses.replace(settings, public_url=f"http://{_client_host(settings.host)}:{settings.port}")
     emulator = None
-    if demo and getattr(args, "routing", "pull") == "offer":  # routing: Twilio's REST side on loopback
-        from simulator.offer_demo import DEMO_ACCOUNT_SID, start_emulator
-
+    if demo and getattr(args, "bridge", None):
+        config = dataclasses.replace(config, center=dataclasses.replace(config.center, bridge=args.bridge))
+    if demo and getattr(args, "routing", "pull") == "offer":
         config = dataclasses.replace(config, routing=dataclasses.replace(config.routing, mode="offer"))
-        emulator = await start_emulator(settings.twilio_auth_token or "")
-        settings = dataclasses.replace(settings, twilio_api_url=emulator[1], twilio_account_sid=DEMO_ACCOUNT_SID,
+    if demo and (config.routing.mode == "offer" or config.center.bridge == "conference"):
+        # Twilio's REST side on loopback: routing dequeues and the conference bridge move calls through it
+        from simulator.offer_demo import DEMO_ACCOUNT_SID
+        from simulator.twilio_api import TwilioEmulator
+
+        emulator = TwilioEmulator(DEMO_ACCOUNT_SID, settings.twilio_auth_token or "")
+        emulator_url = await emulator.start()
+        settings = dataclasses.replace(settings, twilio_api_url=emulator_url, twilio_account_sid=DEMO_ACCOUNT_SID,
                                        twilio_api_key=None, twilio_api_secret=None)
-        notes.append(f"demo: offer mode; Twilio's REST API is the emulator on {emulator[1]}")
+        notes.append(f"demo: {config.routing.mode} routing, {config.center.bridge} bridge"
+                     + (f" in {config.center.conference_region}" if config.center.bridge == "conference" else "")
+                     + f"; Twilio's REST API is the emulator on {emulator_url}")
     setup_logging(args.log_format, secrets=[settings.secret, settings.twilio_auth_token, settings.twilio_api_secret])
     for note in notes:
         log.info(note)
@@ -314,8 +326,7 @@ async def _serve(args: argparse.Namespace, *, demo: bool) -> int:
         log.info("serving on %s (wallboard %s/wallboard, metrics %s/metrics)", base, base, base)
         sim_task = None
         if demo:
-            sim_task = asyncio.create_task(_run_demo_simulation(args, config, settings, base, stop,
-                                                                emulator[0] if emulator else None))
+            sim_task = asyncio.create_task(_run_demo_simulation(args, config, settings, base, stop, emulator))
         await stop.wait()
         if sim_task is not None:  # the simulator sees `stop` too: let it hang up its calls first
             try:
@@ -326,7 +337,7 @@ async def _serve(args: argparse.Namespace, *, demo: bool) -> int:
     finally:
         await runner.cleanup()
         if emulator is not None:
-            await emulator[2].cleanup()
+            await emulator.stop()
         if embedded is not None:
             embedded.stop()
     return 0
@@ -348,6 +359,16 @@ async def _run_demo_simulation(args: argparse.Namespace, config: Config, setting
         agent = issue_token(secret, agent_id, "agent", 7 * 86400)
         print(f"  Agent console:  {base}/agent#token={agent}   (the simulator drives {agent_id} too)", flush=True)
     print(f"  Metrics:        {base}/metrics\n  Stop with Ctrl-C.\n", flush=True)
+    if emulator is not None and config.center.bridge == "conference":
+        from simulator.conference_demo import ConferenceDemo
+
+        conf_demo = ConferenceDemo(config=config, secret=secret, emu=emulator, base=base, stop=stop,
+                                   calls_per_minute=args.calls_per_minute, speed=args.speed, seed=args.seed)
+        try:
+            print(f"  conference demo: {(await conf_demo.run()).line()}", flush=True)
+        except Exception:
+            log.exception("the conference demo stopped")
+        return
     if emulator is not None:  # routing: offer mode
         from simulator.offer_demo import OfferDemo
 

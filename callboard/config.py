@@ -391,7 +391,8 @@ class _Validator:
 def demo_config() -> Config:
     """A small believable center: three queues, three teams, twelve agents."""
     raw: dict[str, Any] = {
-        "center": {"name": "callboard demo center", "timezone": "UTC", "wrap_up_s": 10},
+        "center": {"name": "callboard demo center", "timezone": "UTC", "wrap_up_s": 10,
+                   "conference_region": "jp1"},  # used by `callboard demo --bridge conference`
         "queues": [
             {"name": "support", "numbers": ["+15550100001"], "team": "support",
              "greeting": "Thank you for calling support. An agent will be with you shortly."},

@@ -21,7 +21,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
@@ -56,17 +55,6 @@ class OfferDemoReport:
         return (f"offers {c['offers']} (accepted {c['accepted']}, rejected {c['rejected']}, missed {c['missed']}), "
                 f"callers {c['callers']}, bridged {c['bridged']}, hung up waiting {c['gave_up']}, "
                 f"requeued by a silent softphone {c['softphone_failed']}, errors {c['errors']}")
-
-
-async def start_emulator(auth_token: str, host: str = "127.0.0.1") -> tuple[TwilioEmulator, str, web.AppRunner]:
-    """The emulator on a free loopback port; returns it, its base URL and the runner to clean up."""
-    emu = TwilioEmulator(account_sid=DEMO_ACCOUNT_SID, auth_token=auth_token)
-    runner = web.AppRunner(emu.app(), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return emu, f"http://{host}:{port}", runner
 
 
 class _Agent:

@@ -31,8 +31,9 @@ from callboard.clock import Clock
 from callboard.config import Config
 from callflow import twiml as callflow_twiml
 from callflow.connect import release_offer
-from callflow.events import BRIDGE, STATUS, CallEvent
+from callflow.events import BRIDGE, QUEUE_RESULT, STATUS, CallEvent
 from callflow.flow import BASE_PATH, CallFlow, _sid
+from callflow.stats import ABANDONED
 from presence.store import PresenceStore
 from softphone import lua, rules
 from softphone import twiml as sp_twiml
@@ -47,6 +48,7 @@ ANSWERED_STATUSES = frozenset({"in-progress", "answered"})
 END_STATUSES = frozenset({"completed", "busy", "failed", "no-answer", "canceled"})
 TRANSFER_RING_S = 20  # how long a transfer rings the second agent before it counts as not answered
 MAX_BODY_BYTES = 16 * 1024
+CALL_NOT_IN_PROGRESS = 21220  # Twilio's answer to a Calls update of a call that has ended
 
 
 class Controls:
@@ -323,11 +325,26 @@ class Controls:
                 await self.flow.record(CallEvent(STATUS, self.clock.now_ms(), {"sid": part, "agent": agent}))
                 return
             await release_offer(request, offer, caller, bridged=False)
-            if not call.get("end_ms"):
-                try:  # the agent never answered: the caller goes back to its queue, keeping its place
-                    await self.rest.redirect_call(caller, self._url(request, "requeue", queue=queue, call=caller))
-                except RestError as exc:
+            if call.get("end_ms"):
+                await self._gone_while_ringing(caller, queue, call)
+                return
+            try:  # the agent never answered: the caller goes back to its queue, keeping its place
+                await self.rest.redirect_call(caller, self._url(request, "requeue", queue=queue, call=caller))
+            except RestError as exc:
+                if exc.twilio_code == CALL_NOT_IN_PROGRESS:  # it hung up; its status callback is still on its way
+                    await self._gone_while_ringing(caller, queue, call)
+                else:
                     log.warning("offer %s: caller %s could not be put back in %s: %s", offer, caller, queue, exc)
+
+    async def _gone_while_ringing(self, caller: str, queue: str, call: dict[str, str]) -> None:
+        """The caller hung up while the offered agent's phone rang: it left the queue unanswered, an abandon.
+
+        Routing's dequeue was not a leaving (no queue-result follows a redirect), so this is the only place
+        that can count it; the script counts a call's leaving once, whichever order Twilio's callbacks take.
+        """
+        await self.flow.record(CallEvent(QUEUE_RESULT, self.clock.now_ms(), {
+            "sid": caller, "result": "hangup", "outcome": ABANDONED, "queue": queue, "qt_s": None,
+            "from": call.get("from", ""), "to": call.get("to", "")}))
 
     # -- Twilio webhooks ------------------------------------------------------------------------------------
 
@@ -345,7 +362,7 @@ class Controls:
         event = form.get("StatusCallbackEvent", "")
         if not caller:
             return callflow_twiml.empty()
-        if conf:
+        if conf and event == "participant-join":  # leave/end events may come from a conference already left
             await self.step({"op": "conference", "sid": caller, "conf": conf})
         if event == "participant-leave":
             await self._owner_left(caller, form.get("CallSid", ""), conf)

@@ -229,7 +229,9 @@ elseif kind == 'holder_leg' then
   out.ok = true
 
 elseif kind == 'conference' then
-  redis.call('HSETNX', ck, 'conf', op.conf)
+  -- the conference the caller is in now: a caller transferred to a queue and taken again is in a new one
+  -- (same name, new ConferenceSid), so the latest join wins
+  redis.call('HSET', ck, 'conf', op.conf)
   out.ok = true
 
 else

@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 
 from callboard.services import Settings
 from callflow.testing import FakeTwilio
-from simulator.conferences import ConferenceEmulator
+from simulator.twilio_api import TwilioEmulator
 from tests.conftest import SECRET, TWILIO_TOKEN, make_config, token
 from tests.test_browser import http as browser_http
 from tests.test_browser import text_of, tid, wait_js
@@ -62,7 +62,7 @@ STAND_IN_SDK = """
 async def _voice_phone(make_instance: Any, aiohttp_server: Any, aiohttp_client: Any, redis: Redis, **center: Any) -> Phone:
     config = make_config(center={"wrap_up_s": 30, **center}, server={**LONG_LEASES,
                                                                        "voice_sdk_url": "https://sdk.invalid/twilio.min.js"})
-    emu = ConferenceEmulator(ACCOUNT, TWILIO_TOKEN)
+    emu = TwilioEmulator(ACCOUNT, TWILIO_TOKEN, api_keys={VOICE["twilio_api_key"]: API_SECRET})
     emu_server = await aiohttp_server(emu.app())
     settings = Settings(secret=SECRET, twilio_auth_token=TWILIO_TOKEN, twilio_account_sid=ACCOUNT,
                         twilio_api_url=f"http://{emu_server.host}:{emu_server.port}", **VOICE)
@@ -278,7 +278,7 @@ async def test_conference_offer_is_accepted_and_its_participant_call_answered_by
     from callboard.app import build_app
     from tests.routing_support import OFFER_ROUTING, free_port
 
-    emu = ConferenceEmulator(ACCOUNT, TWILIO_TOKEN)
+    emu = TwilioEmulator(ACCOUNT, TWILIO_TOKEN, api_keys={VOICE["twilio_api_key"]: API_SECRET})
     emu.softphones["alice"] = "wait"  # Twilio learns of the answer when the browser's SDK accepts (below)
     emu_server = await aiohttp_server(emu.app(), host="127.0.0.1")
     port = free_port()

@@ -1,6 +1,6 @@
 """Offer routing with the conference bridge: an accepted offer's caller joins its conference and the agent is
 added with the Participants resource; the agent answering is the bridge. Through the conference emulator
-(simulator/conferences.py, which also dequeues queue members) on loopback; nothing mocked.
+(simulator/twilio_api.py, which also dequeues queue members) on loopback; nothing mocked.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from callboard.clock import Clock
 from callboard.services import Settings
 from callflow.live import QueueStatsMirror
 from callflow.testing import FakeTwilio
-from simulator.conferences import ConferenceEmulator
+from simulator.twilio_api import TwilioEmulator
 from tests.conftest import SECRET, TWILIO_TOKEN, connect, make_config, token
 from tests.routing_support import OFFER_ROUTING, free_port, next_message
 from tests.test_controls import ACCOUNT, SUPPORT, state_of, until
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 class OfferPhone:
     server: Any
     client: Any
-    emu: ConferenceEmulator
+    emu: TwilioEmulator
     twilio: FakeTwilio
     redis: Redis
     config: Any
@@ -40,7 +40,7 @@ class OfferPhone:
 
 @pytest.fixture
 async def offer_phone(aiohttp_server: Any, aiohttp_client: Any, redis_url: str, redis: Redis) -> AsyncIterator[OfferPhone]:
-    emu = ConferenceEmulator(ACCOUNT, TWILIO_TOKEN)
+    emu = TwilioEmulator(ACCOUNT, TWILIO_TOKEN)
     emu_server = await aiohttp_server(emu.app(), host="127.0.0.1")
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -128,3 +128,33 @@ async def _on_call(p: OfferPhone, agent: str) -> bool:
 
 async def _requeued(p: OfferPhone, caller: str) -> bool:
     return p.emu.calls[caller].queue == "support" and bool(p.emu.calls[caller].twiml)
+
+
+async def test_a_caller_who_hangs_up_while_the_offered_agent_rings_is_abandoned_once(offer_phone: OfferPhone) -> None:
+    """Routing's dequeue is not a leaving and no queue-result follows it: the hang-up in the conference, before
+    the agent answered, is the caller's abandon (found by `callboard demo --bridge conference --routing offer`)."""
+    p = offer_phone
+    p.emu.softphones["alice"] = "wait"  # alice's phone rings until the caller gives up
+    alice = await connect(p.server, token("alice"))
+    await alice.wait_for(lambda s: s["agents"]["alice"]["state"] == "available")
+    caller = "CA" + "3" * 32
+    await _caller(p, caller)
+    offer = await next_message(alice, "offer")
+    await alice.send({"type": "accept", "offer_id": offer["offer_id"]})
+    await until(lambda: _true(bool(p.emu.ringing)))
+    await p.emu.hangup(caller)
+    await p.emu.settle()
+
+    async def abandoned() -> bool:
+        return (await _today(p))["abandoned"] == 1
+
+    await until(abandoned)
+    today = await _today(p)
+    assert (today["offered"], today["answered"], today["abandoned"]) == (1, 0, 1)
+    assert await p.redis.zscore(keys.queue_waiting("support"), caller) is None
+    assert await state_of(p, "alice") != "on-call"  # type: ignore[arg-type]
+    await alice.close()
+
+
+async def _true(value: bool) -> bool:
+    return value

@@ -239,7 +239,7 @@ async def test_rest_429_then_success(center_factory: Any) -> None:
     await alice.send({"type": "accept", "offer_id": offer["offer_id"]})
     assert (await next_message(alice, "offer_ended"))["reason"] == "accepted"
     await alice.wait_for(lambda s: s["agents"]["alice"]["state"] == "on-call", timeout=15)
-    assert [s for m, p, s in center.emu.requests if "/Members/" in p] == [429, 429, 200]
+    assert [r.status for r in center.emu.requests if "/Members/" in r.path] == [429, 429, 200]
 
 
 async def test_rest_failure_ends_the_offer_and_the_caller_is_offered_again(center_factory: Any) -> None:

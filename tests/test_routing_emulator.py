@@ -104,7 +104,7 @@ async def test_rest_429_then_success_dequeues(emulator: Any, webhook_sink: Any) 
         emulator.inject(status=429, code=20429, times=2, path="/Members/")
         await rest.dequeue("support", leg.sid, str(server.make_url("/connect")))
         assert rest.retries == 2
-        statuses = [s for m, p, s in emulator.requests if "/Members/" in p]
+        statuses = [r.status for r in emulator.requests if "/Members/" in r.path]
         assert statuses == [429, 429, 200]
     finally:
         await rest.close()
@@ -185,3 +185,58 @@ async def test_dial_client_rings_softphone_then_bridge_and_dial_result(emulator:
     assert result["DialCallStatus"] == "completed" and result["DialCallSid"] == child
     assert emulator.calls[leg.sid].status == "completed"
     assert any(path == "/status" and params["CallSid"] == leg.sid for path, params, _ in seen)
+
+
+async def test_one_server_moves_a_queued_caller_into_a_conference_and_rings_participants(webhook_sink: Any) -> None:
+    """Queues, Members, Conferences and Participants on the one emulator (`start()`), through the `twilio`
+    package, with Twilio's signed callbacks: joins, holds, leaves, the end, participants' call statuses."""
+    server, seen, answers = webhook_sink
+    emu = TwilioEmulator(ACCOUNT, TOKEN)
+    base = await emu.start()
+    emu.softphones["carol"] = "wait"  # carol's phone rings until the conference ends
+    url = lambda path: str(server.make_url(path))  # noqa: E731
+    answers["/conference"] = (f'<Response><Dial><Conference region="jp1" statusCallback="{url("/events")}" '
+                              f'statusCallbackEvent="join leave hold" endConferenceOnExit="true">room-1'
+                              f'</Conference></Dial></Response>')
+    answers["/hold-music"] = '<Response><Pause length="20"/></Response>'
+    rest = TwilioRest(account_sid=ACCOUNT, auth_token=TOKEN, api_url=base, base_delay_s=0.01)
+    try:
+        caller = await enqueue_caller(emu, webhook_sink)
+        sid = await rest.queue_sid("support")
+        await rest.dequeue("support", caller.sid, url("/conference"))
+        await emu.settle()
+        room = emu.conference_named("room-1")
+        assert room is not None and room.region == "jp1" and list(room.participants) == [caller.sid]
+        assert caller.queue is None and emu.queues[sid].members == []
+        conf = rest.account().conferences("room-1")
+        bob = await conf.participants.create_async(from_="+15550000001", to="client:bob",
+                                                   status_callback=url("/participant"),
+                                                   status_callback_event=["initiated", "answered", "completed"])
+        carol = await conf.participants.create_async(from_="+15550000001", to="client:carol",
+                                                     status_callback=url("/participant"),
+                                                     status_callback_event=["ringing", "completed"])
+        await emu.settle()
+        assert set(room.participants) == {caller.sid, bob.call_sid} and emu.ringing == {carol.call_sid: "carol"}
+        await conf.participants(caller.sid).update_async(hold=True, hold_url=url("/hold-music"))
+        await emu.settle()
+        assert room.participants[caller.sid].hold and "<Pause" in (room.participants[caller.sid].hold_twiml or "")
+        assert await conf.participants(bob.call_sid).delete_async()
+        await emu.settle()
+        assert emu.calls[bob.call_sid].status == "completed" and bob.call_sid in room.left
+        await emu.hangup(caller.sid)  # the caller leaves: the conference ends, carol's ringing call is canceled
+        await emu.settle()
+        assert room.status == "completed" and emu.calls[carol.call_sid].status == "canceled"
+    finally:
+        await rest.close()
+        await emu.stop()
+    events = [f["StatusCallbackEvent"] for path, f, _ in seen if path == "/events"]
+    assert events == ["participant-join", "participant-join", "participant-hold", "participant-leave",
+                      "participant-leave"]
+    statuses = [(f["To"], f["CallStatus"]) for path, f, _ in seen if path == "/participant"]
+    assert [s for to, s in statuses if to == "client:bob"] == ["initiated", "in-progress", "completed"]
+    assert [s for to, s in statuses if to == "client:carol"] == ["ringing", "canceled"]
+    assert all(ok for _, _, ok in seen)  # every callback signed as Twilio signs
+    created = [r for r in emu.requests if r.method == "POST" and r.path.endswith("/Participants.json")]
+    assert [r.status for r in created] == [201, 201]
+    assert created[0].form["StatusCallbackEvent"] == "initiated answered completed"  # repeated keys, one value
+    assert [r.status for r in emu.requests if r.method == "DELETE"] == [204]
