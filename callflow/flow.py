@@ -404,7 +404,7 @@ class CallFlow:
                 m.calls_answered.labels(queue).inc()
                 if applied.qt_ms is not None:
                     m.queue_wait.labels(queue, "answered").observe(applied.qt_ms / 1000)
-            elif event.kind == QUEUE_RESULT and applied.outcome:
+            elif event.kind in (QUEUE_RESULT, STATUS) and applied.outcome:  # STATUS: a dequeued caller's end
                 if applied.outcome == ABANDONED:
                     m.calls_abandoned.labels(queue).inc()
                 if applied.qt_ms is not None:

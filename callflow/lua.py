@@ -14,7 +14,8 @@ Key names mirror callboard/keys.py (tests/test_callflow_lua.py proves the two ag
 Call hash (keys.call(CallSid)) fields: kind=caller, mode (enqueued|unstaffed), queue, from, to, day (the
 `today` window of the enqueue), enq_ms, ttl (retention ms), ans (answered flag), left (leaving outcome),
 qr (QueueResult seen), qt_ms, min (epoch minute the call left the queue), bridge_ms, agent, leg, end_ms,
-talk_ms, wrap_ms, handled. Agent leg hash (keys.agent_leg(CallSid)): agent, caller, outbound, end_ms.
+talk_ms, wrap_ms, handled, dq (set by routing while an accepted offer's caller is out of
+Twilio's queue: its end is then its leaving). Agent leg hash (keys.agent_leg(CallSid)): agent, caller, outbound, end_ms.
 """
 
 from __future__ import annotations
@@ -229,6 +230,29 @@ local function attach_agent(agent, leg, sid, c)
   NOW = bridged_at
 end
 
+-- Count the leaving of call `ck` (its `left` flag just set by the caller) from queue q of window `day`.
+local function left_queue(ck, q, day, outcome)
+  local m = minute_of(NOW)
+  local qt_ms, why = queue_time(ck, ev)
+  refused(qt_ms, why)
+  redis.call('HSET', ck, 'min', m)
+  if qt_ms then redis.call('HSET', ck, 'qt_ms', qt_ms) end
+  result.counted, result.queue, result.outcome, result.qt_ms = 1, q, outcome, qt_ms
+  local short = 0
+  if outcome == 'abandoned' and qt_ms and qt_ms < cfg.short_ms then short = 1 end
+  local dk, mk = k_day(q, day), k_min(q, m)
+  local day_ttl, min_ttl = TTL + DAY_MS, minute_ttl(m)
+  bump(dk, outcome, 1, day_ttl); bump(dk, 'short_abandoned', short, day_ttl)
+  bump(mk, 'offered', 1, min_ttl); bump(mk, outcome, 1, min_ttl); bump(mk, 'short_abandoned', short, min_ttl)
+  if outcome == 'abandoned' and not qt_ms then
+    bump(dk, 'abandoned_wait_unknown', 1, day_ttl); bump(mk, 'abandoned_wait_unknown', 1, min_ttl)
+  end
+  redis.call('ZREM', k_waiting(q), ev.sid)
+  fact({type = 'call.left_queue', call_sid = ev.sid, outcome = record_outcome(outcome, qt_ms, cfg.short_ms),
+        wait_s = nullable(qt_ms and qt_ms / 1000)})
+  return m
+end
+
 local kind = ev.kind
 if kind == 'incoming' then
   local ck = k_call(ev.sid)
@@ -304,25 +328,7 @@ elseif kind == 'queue_result' then
   redis.call('HSETNX', ck, 'qr', ev.result)
   local f = redis.call('HMGET', ck, 'mode', 'queue', 'day')
   if f[1] == 'enqueued' and ev.outcome and redis.call('HSETNX', ck, 'left', ev.outcome) == 1 then
-    local q, day, m = f[2], f[3], minute_of(NOW)
-    local qt_ms, why = queue_time(ck, ev)
-    refused(qt_ms, why)
-    redis.call('HSET', ck, 'min', m)
-    if qt_ms then redis.call('HSET', ck, 'qt_ms', qt_ms) end
-    result.counted, result.queue, result.outcome, result.qt_ms = 1, q, ev.outcome, qt_ms
-    local short = 0
-    if ev.outcome == 'abandoned' and qt_ms and qt_ms < cfg.short_ms then short = 1 end
-    local dk, mk = k_day(q, day), k_min(q, m)
-    local day_ttl, min_ttl = TTL + DAY_MS, minute_ttl(m)
-    bump(dk, ev.outcome, 1, day_ttl); bump(dk, 'short_abandoned', short, day_ttl)
-    bump(mk, 'offered', 1, min_ttl); bump(mk, ev.outcome, 1, min_ttl); bump(mk, 'short_abandoned', short, min_ttl)
-    if ev.outcome == 'abandoned' and not qt_ms then
-      bump(dk, 'abandoned_wait_unknown', 1, day_ttl); bump(mk, 'abandoned_wait_unknown', 1, min_ttl)
-    end
-    redis.call('ZREM', k_waiting(q), ev.sid)
-    fact({type = 'call.left_queue', call_sid = ev.sid, outcome = record_outcome(ev.outcome, qt_ms, cfg.short_ms),
-          wait_s = nullable(qt_ms and qt_ms / 1000)})
-    emit_queue(q, day, m)
+    emit_queue(f[2], f[3], left_queue(ck, f[2], f[3], ev.outcome))
   end
 
 elseif kind == 'status' then
@@ -331,7 +337,13 @@ elseif kind == 'status' then
     -- the caller hung up: talk time ends; never re-enters the queue
     if redis.call('HSETNX', ck, 'end_ms', NOW) == 1 then
       result.counted = 1
-      local f = redis.call('HMGET', ck, 'queue', 'day', 'bridge_ms', 'agent')
+      local f = redis.call('HMGET', ck, 'queue', 'day', 'bridge_ms', 'agent', 'mode', 'dq')
+      local minute = nil
+      -- dequeued for an accepted offer (routing set dq) and gone before any agent answered: no queue-result
+      -- will ever come for it (a dequeue is not a leaving), so its end is its leaving: an abandon
+      if f[5] == 'enqueued' and f[6] and redis.call('HSETNX', ck, 'left', 'abandoned') == 1 then
+        minute = left_queue(ck, f[1], f[2], 'abandoned')
+      end
       local talk_s = cjson.null
       if f[3] then
         redis.call('HSET', ck, 'talk_ms', math.max(NOW - tonumber(f[3]), 0))
@@ -341,7 +353,7 @@ elseif kind == 'status' then
       if f[4] then unpop(f[4], ev.sid) end
       redis.call('ZREM', k_waiting(f[1]), ev.sid)
       finalize(ev.sid)
-      emit_queue(f[1], f[2], nil)
+      emit_queue(f[1], f[2], minute)
     end
   else
     -- an agent's softphone leg ended: its call ends, wrap-up starts (presence rules decide)

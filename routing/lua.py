@@ -236,6 +236,9 @@ local o = load_offer(id)
 if o == nil or o.state ~= 'accepting' then return 0 end
 if outcome == 'ok' then
   redis.call('HSET', k_offer(id), 'state', 'connecting')
+  -- out of Twilio's queue without a leaving: should the caller hang up before an agent answers, its end
+  -- is its leaving (callflow counts the abandon at its status; no queue-result will come)
+  if redis.call('EXISTS', k_call_h(o.call)) == 1 then redis.call('HSET', k_call_h(o.call), 'dq', 1) end
   emit('offer_ended', o.agent, {type = 'offer_ended', offer_id = id, call_sid = o.call, reason = 'accepted',
                                missed_offers = missed_today(o.agent)})
   fact({type = 'offer.ended', call_sid = o.call, offer_id = id, agent = o.agent, result = 'accepted',
@@ -256,7 +259,10 @@ local id, how, sid = ARGV[6], ARGV[7], ARGV[8]
 local o = load_offer(id)
 if o == nil or o.call ~= sid or o.state == 'open' then return 0 end
 end_offer(o, how, nil, false)
-if how == 'requeued' then fact({type = 'call.requeued', call_sid = o.call, queue = o.queue}) end
+if how == 'requeued' then
+  redis.call('HDEL', k_call_h(o.call), 'dq')  -- back in Twilio's queue: its leaving comes as a queue-result again
+  fact({type = 'call.requeued', call_sid = o.call, queue = o.queue})
+end
 return 1
 """
 

@@ -485,3 +485,37 @@ async def test_a_redirected_queue_result_during_the_connect_is_not_a_leaving(cen
     assert again["call_sid"] == caller.sid
     today = await center.support_today()
     assert today["offered"] == 1 and today.get("redirected", 0) == 0
+
+
+async def test_caller_hanging_up_while_the_accepted_agent_rings_is_an_abandon(center_factory: Any) -> None:
+    """Routing dequeued the caller (not a leaving: no queue-result follows) and its <Dial><Client> rings;
+    the caller hangs up before alice answers. The caller's own status callback is then the only word of it:
+    counted abandoned once, never left offered-but-neither."""
+    center = await center_factory()
+    alice = await center.agent("alice")
+    center.emu.softphones["alice"] = "wait"  # alice's phone rings until the caller gives up
+    caller = await center.caller(info=NO_CUSTOMER)
+    offer = await next_message(alice, "offer")
+    await alice.send({"type": "accept", "offer_id": offer["offer_id"]})
+    await wait_until(lambda: _ringing(center, caller.sid), what="alice's softphone ringing")
+    await center.emu.hangup(caller.sid)
+    await center.emu.settle()
+
+    async def counted() -> bool:
+        today = await center.support_today()
+        return today["abandoned"] == 1
+
+    await wait_until(counted, what="the abandon counted")
+    today = await center.support_today()
+    assert today["offered"] == 1 and today["answered"] == 0 and today["abandoned"] == 1
+    assert await center.redis.hlen(keys.OFFER_CALLS) == 0 and await center.redis.hlen(keys.OFFER_AGENTS) == 0
+    await alice.wait_for(lambda s: s["agents"]["alice"]["state"] == "available", timeout=15)
+    left = [f for f in await center.facts() if f["type"] == "call.left_queue"]
+    assert len(left) == 1 and left[0]["outcome"] in ("abandoned", "short_abandoned")  # short: under short_s
+    assert left[0]["wait_s"] is not None  # measured from its enqueue, never an unknown wait
+    metrics = center.services().metrics.render().decode()
+    assert 'callboard_calls_abandoned_total{queue="support"} 1.0' in metrics
+
+
+async def _ringing(center: OfferCenter, caller_sid: str) -> bool:
+    return any(c.parent_sid == caller_sid and c.status == "ringing" for c in center.emu.calls.values())
