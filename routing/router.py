@@ -89,11 +89,16 @@ class Router:
                                         "missed_to_away": self.settings.missed_to_away})
         self._tasks: set[asyncio.Task[Any]] = set()
         self.ticks = 0
+        # pull mode with the conference bridge: the router only keeps transfer offers (their expiry and
+        # cleanup in each tick) and takes agents' answers; it offers no waiting caller
+        self.offers_callers = self.settings.mode == "offer"
+        # softphone/ sets this: an accepted transfer offer -> add the agent to the caller's conference
+        self.transfer_accepted: Callable[[str, str, str], Awaitable[None]] | None = None
 
     # -- the loop ----------------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        if self.public_url is None:
+        if self.public_url is None and self.offers_callers:
             log.error("offer mode needs PUBLIC_URL (the base URL Twilio calls) to dequeue accepted callers; "
                       "accepted offers will fail and their callers stay queued")
         while True:
@@ -154,7 +159,7 @@ class Router:
         """One pass: end what must end, offer what can be offered. Returns the offers created."""
         self.ticks += 1
         now_ms = self.clock.now_ms()
-        callers = await self.waiting_callers(now_ms)
+        callers = await self.waiting_callers(now_ms) if self.offers_callers else []
         proposals: list[dict[str, Any]] = []
         if callers:
             busy = {_text(a) for a in await self.redis.hkeys(keys.OFFER_AGENTS)}
@@ -182,13 +187,25 @@ class Router:
         status, *rest = (_text(x) for x in reply)
         if status != "ok":
             return rest[0] if rest else "no_offer"
-        call_sid, queue = rest
+        call_sid, queue, kind = rest
         if not accept:
             self.metrics.offers.labels(queue, "rejected").inc()
             self.wake()
             return None
-        self._spawn(self._dequeue(offer_id, call_sid, queue, agent), f"dequeue-{offer_id}")
+        if kind == "transfer":
+            self._spawn(self._transfer(offer_id, call_sid, agent), f"transfer-{offer_id}")
+        else:
+            self._spawn(self._dequeue(offer_id, call_sid, queue, agent), f"dequeue-{offer_id}")
         return None
+
+    async def _transfer(self, offer_id: str, call_sid: str, agent: str) -> None:
+        """An accepted transfer offer: softphone/ rings the agent into the call's conference. Whatever fails,
+        the offer's connect deadline (checked by every instance's tick) ends the transfer."""
+        if self.transfer_accepted is None:
+            log.error("transfer offer %s accepted but this instance has no conference bridge; its deadline ends it",
+                      offer_id)
+            return
+        await self.transfer_accepted(offer_id, call_sid, agent)
 
     def connect_url(self, offer_id: str, agent: str, queue: str) -> str:
         query = urlencode({"offer": offer_id, "agent": agent, "queue": queue})
