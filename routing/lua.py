@@ -128,10 +128,13 @@ end
 -- A transfer offer (kind = transfer) ended without the target taking the call: the call's transfer state
 -- (the call hash's xfer, softphone/lua.py) goes in the same atomic call, so a transfer can never be both
 -- answered and cancelled; the first agent hears why (transfer_failed); the caller never notices.
+-- Returns true when the caller is now alone: the agent who held it left while the transfer was pending
+-- (softphone's owner_left marked the call `orphan`), so the caller must be hung up, not left on hold music.
 local function end_transfer(o, reason, result)
   end_offer(o, reason, result, true)
   local ck = k_call_h(o.call)
   local raw = redis.call('HGET', ck, 'xfer')
+  local alone = false
   if raw then
     local x = cjson.decode(raw)
     if x.offer == o.id then
@@ -141,8 +144,10 @@ local function end_transfer(o, reason, result)
         emit('notice', x.from, {type = 'transfer_failed', call_sid = o.call, to = x.to, offer_id = o.id,
                                 reason = reason == 'expired' and 'missed' or reason})
       end
+      alone = redis.call('HEXISTS', ck, 'orphan') == 1 and redis.call('HEXISTS', ck, 'end_ms') == 0
     end
   end
+  return alone
 end
 """ % {
     "offer_agents": keys.OFFER_AGENTS, "offer_calls": keys.OFFER_CALLS, "offer_due": keys.OFFER_DUE,
@@ -165,11 +170,11 @@ end
 #   2. Each proposal, in order: skipped unless the caller is still waiting with no offer; the first
 #      candidate that is offerable gets the offer, agents who rejected or missed this caller last.
 #   Returns msgpack {created = {{offer_id, call, agent, queue, entered_ms, since_ms}...},
-#                    ended = {{queue, result}...}}.
+#                    ended = {{queue, result}...}, orphans = {CallSids left alone by a failed transfer}}.
 ROUTE_TICK_BODY = """
 local cfg = cmsgpack.unpack(ARGV[6])
 local proposals = cmsgpack.unpack(ARGV[7])
-local created, ended = {}, {}
+local created, ended, orphans = {}, {}, {}
 
 local open = redis.call('HGETALL', OFFER_AGENTS)
 for i = 1, #open, 2 do
@@ -179,26 +184,27 @@ for i = 1, #open, 2 do
   elseif o.kind == 'transfer' then
     -- a transfer offer: its caller talks in a conference (not waiting); it ends when the caller hangs up,
     -- the target stops being offerable, it expires (missed), or an accepted one never connects in time
-    local ended_as = nil
+    local ended_as, alone = nil, false
     if redis.call('HEXISTS', k_call_h(o.call), 'end_ms') == 1 then
       end_transfer(o, 'caller_left', o.state ~= 'connecting' and 'cancelled' or nil)
       ended_as = 'cancelled'
     elseif o.state == 'open' then
       local rec = load_rec(o.agent)
       if rec.state ~= 'available' or (rec.connections or 0) < 1 or not takes_calls(o.agent, rec) then
-        end_transfer(o, 'agent_unavailable', 'cancelled')
+        alone = end_transfer(o, 'agent_unavailable', 'cancelled')
         ended_as = 'cancelled'
       elseif tonumber(o.due_ms) <= NOW then
         local row = count_missed(o)
-        end_transfer(o, 'expired', 'missed')
+        alone = end_transfer(o, 'expired', 'missed')
         away_if_missed(o, row, cfg.missed_to_away)
         ended_as = 'missed'
       end
     elseif tonumber(o.due_ms) <= NOW then
-      end_transfer(o, 'connect_timeout', o.state == 'accepting' and 'cancelled' or nil)
+      alone = end_transfer(o, 'connect_timeout', o.state == 'accepting' and 'cancelled' or nil)
       ended_as = 'cancelled'
     end
     if ended_as then ended[#ended + 1] = {o.queue, ended_as} end
+    if alone then orphans[#orphans + 1] = o.call end
   elseif o.state == 'open' then
     if not still_waiting(o.call, o.queue) then
       end_offer(o, 'caller_left', 'cancelled', true)
@@ -260,7 +266,7 @@ for _, p in ipairs(proposals) do
     end
   end
 end
-return cmsgpack.pack({created = created, ended = ended})
+return cmsgpack.pack({created = created, ended = ended, orphans = orphans})
 """
 
 # ANSWER — the agent's answer to an offer.
@@ -270,7 +276,8 @@ return cmsgpack.pack({created = created, ended = ended})
 #   follows outside Redis. reject: the offer ends `rejected`. Either resets the agent's missed-in-a-row.
 #   A transfer offer (kind = transfer) rejected ends the call's transfer too (end_transfer); its accept is
 #   followed by softphone/ adding the agent to the call's conference instead of a dequeue.
-#   Returns {'ok', call, queue, kind} or {'error', code} (no_offer: unknown, ended, or not this agent's).
+#   Returns {'ok', call, queue, kind, 'alone' | ''} ('alone': a rejected transfer left its caller alone) or
+#   {'error', code} (no_offer: unknown, ended, or not this agent's).
 ANSWER_BODY = """
 local id, agent, answer = ARGV[6], ARGV[7], ARGV[8]
 local o = load_offer(id)
@@ -284,10 +291,11 @@ redis.call('HSET', MISSED_ROW, agent, 0)
 if answer == 'accept' then
   redis.call('HSET', k_offer(id), 'state', 'accepting', 'due_ms', ARGV[9])
   redis.call('ZADD', OFFER_DUE, ARGV[9], id)
-  return {'ok', o.call, o.queue, kind}
+  return {'ok', o.call, o.queue, kind, ''}
 end
-if kind == 'transfer' then end_transfer(o, 'rejected', 'rejected') else end_offer(o, 'rejected', 'rejected', true) end
-return {'ok', o.call, o.queue, kind}
+local alone = false
+if kind == 'transfer' then alone = end_transfer(o, 'rejected', 'rejected') else end_offer(o, 'rejected', 'rejected', true) end
+return {'ok', o.call, o.queue, kind, alone and 'alone' or ''}
 """
 
 # DEQUEUED — the outcome of the REST dequeue of an accepted offer.

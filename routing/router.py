@@ -94,6 +94,8 @@ class Router:
         self.offers_callers = self.settings.mode == "offer"
         # softphone/ sets this: an accepted transfer offer -> add the agent to the caller's conference
         self.transfer_accepted: Callable[[str, str, str], Awaitable[None]] | None = None
+        # ... and this: a failed transfer left its caller alone (the first agent had left) -> hang it up
+        self.transfer_orphaned: Callable[[str], Awaitable[None]] | None = None
 
     # -- the loop ----------------------------------------------------------------------------------------
 
@@ -169,6 +171,8 @@ class Router:
         out = msgpack.unpackb(raw, raw=False)
         for queue, result in out.get("ended") or []:
             self.metrics.offers.labels(queue, result).inc()
+        for call_sid in out.get("orphans") or []:
+            self._orphaned(call_sid)
         created = []
         for offer_id, call_sid, agent, queue, entered_ms, since_ms in out.get("created") or []:
             latency_ms = max(now_ms - max(int(entered_ms or 0), int(since_ms or 0)), 0)
@@ -187,9 +191,11 @@ class Router:
         status, *rest = (_text(x) for x in reply)
         if status != "ok":
             return rest[0] if rest else "no_offer"
-        call_sid, queue, kind = rest
+        call_sid, queue, kind, alone = rest
         if not accept:
             self.metrics.offers.labels(queue, "rejected").inc()
+            if alone:
+                self._orphaned(call_sid)
             self.wake()
             return None
         if kind == "transfer":
@@ -197,6 +203,10 @@ class Router:
         else:
             self._spawn(self._dequeue(offer_id, call_sid, queue, agent), f"dequeue-{offer_id}")
         return None
+
+    def _orphaned(self, call_sid: str) -> None:
+        if self.transfer_orphaned is not None:
+            self._spawn(self.transfer_orphaned(call_sid), f"orphan-{call_sid}")
 
     async def _transfer(self, offer_id: str, call_sid: str, agent: str) -> None:
         """An accepted transfer offer: softphone/ rings the agent into the call's conference. Whatever fails,

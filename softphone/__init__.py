@@ -28,6 +28,7 @@ def install(app: web.Application, services: Services) -> None:
     if controls.conference_mode and services.routing is not None:
         # a transfer to an agent is a routing offer; its Accept rings the agent into the call's conference
         services.routing.transfer_accepted = controls.transfer_accepted
+        services.routing.transfer_orphaned = controls.transfer_orphaned
     app.add_routes(controls.routes())
 
     async def close(app: web.Application) -> None:

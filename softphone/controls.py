@@ -234,7 +234,7 @@ class Controls:
                 timeout=TRANSFER_RING_S, end_conference_on_exit=False, beep="false", label=f"agent:{agent}")
         except RestError as exc:
             log.warning("transfer offer %s: could not ring %s into %s (%s)", offer_id, agent, caller, exc)
-            await self.step({"op": "transfer_cancel", "sid": caller, "offer": offer_id, "reason": "not_connected"})
+            await self._cancel_transfer(caller, offer_id)
             return
         done = await self.step({"op": "transfer_connecting", "sid": caller, "offer": offer_id, "part": part})
         if not done.get("ok"):  # ended meanwhile (the caller hung up): the participant's own end cleans up
@@ -374,15 +374,12 @@ class Controls:
 
     async def _owner_left(self, caller: str, leg: str, conf: str) -> None:
         """The agent who holds the call left and nobody takes over: end the caller's call, not leave it alone."""
-        try:
-            call = await self._call(caller)
-        except ControlError:
-            return
-        if call.get("end_ms") or call.get("wq") or leg != call.get("leg") or leg == caller:
-            return
-        pending = await self.redis.hexists(keys.call(caller), "xfer")
-        if pending:
-            return
+        done = await self.step({"op": "owner_left", "sid": caller, "leg": leg})
+        if done.get("action") == "complete":  # (with a transfer pending it waits: transfer_orphaned, below)
+            await self.transfer_orphaned(caller)
+
+    async def transfer_orphaned(self, caller: str) -> None:
+        """The caller is alone in its conference (its agent left, no transfer will take it): hang it up."""
         try:
             await self.rest.complete_call(caller)
         except RestError as exc:
@@ -408,7 +405,15 @@ class Controls:
         if status in ANSWERED_STATUSES:
             done = await self.step({"op": "transfer_answered", "sid": caller, "part": part, "agent": agent,
                                     "offer": offer})
-            if done.get("ok") and not done.get("warm") and done.get("prev_leg"):
+            if not done.get("ok"):
+                # the transfer ended first (its connect deadline, the caller leaving): the late answer must
+                # not hang on in the call as a stranger; the transfer was already reported as failed
+                log.info("transfer %s of %s answered by %s after it ended; removing them", offer, caller, agent)
+                try:  # its call, not its participant: Twilio may report the answer before it joins
+                    await self.rest.complete_call(part)
+                except RestError as exc:
+                    log.info("could not remove late participant %s of %s: %s", part, caller, exc)
+            elif not done.get("warm") and done.get("prev_leg"):
                 # cold: the first agent leaves as soon as the second answers
                 try:
                     await self.rest.remove_participant(await self._conference_of(caller), str(done["prev_leg"]))
@@ -420,8 +425,13 @@ class Controls:
                 # the second agent had the call: their leg ended, as a softphone leg's status would say
                 await self.flow.record(CallEvent(STATUS, self.clock.now_ms(), {"sid": part, "agent": agent}))
             else:  # rung after Accept but never answered (or the caller's end ended it first)
-                await self.step({"op": "transfer_cancel", "sid": caller, "offer": offer, "reason": "not_connected"})
+                await self._cancel_transfer(caller, offer)
         return callflow_twiml.empty()
+
+    async def _cancel_transfer(self, caller: str, offer: str) -> None:
+        done = await self.step({"op": "transfer_cancel", "sid": caller, "offer": offer, "reason": "not_connected"})
+        if done.get("alone"):
+            await self.transfer_orphaned(caller)
 
     async def _conference_of(self, caller: str) -> str:
         conf = await self.redis.hget(keys.call(caller), "conf")

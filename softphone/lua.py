@@ -10,7 +10,8 @@ claimed a waiting caller in conference mode), conf (ConferenceSid), hold_since (
 (total), xfer (JSON of a transfer to an agent in progress: to, warm, from, offer (its routing offer id),
 base (the public URL its callbacks use), part (the participant, once the offer is accepted)), transfers (JSON list), agents
 (JSON list of every agent who held the call), disposition, note, disp_by, monitor (supervisor participant
-CallSid), wq (the queue a transferred caller waits in).
+CallSid), wq (the queue a transferred caller waits in), orphan (the holder's leg, when it left while a transfer
+to an agent was pending: if that transfer fails, the caller is hung up).
 """
 
 from __future__ import annotations
@@ -194,9 +195,23 @@ elseif kind == 'transfer_cancel' then
   if x and x.offer == op.offer and o then
     local reason = op.reason
     if redis.call('HEXISTS', ck, 'end_ms') == 1 then reason = 'caller_left' end
-    end_transfer(o, reason, o.state ~= 'connecting' and 'cancelled' or nil)
+    out.alone = end_transfer(o, reason, o.state ~= 'connecting' and 'cancelled' or nil)
     out.ok, out.reason = true, reason
   end
+
+elseif kind == 'owner_left' then
+  -- the holder's leg left the conference: with a transfer pending the caller waits for it (marked
+  -- `orphan`, so a transfer that then fails hangs the caller up: end_transfer); else the caller is alone now
+  local f = redis.call('HMGET', ck, 'end_ms', 'wq', 'leg')
+  if f[1] or f[2] or op.leg ~= f[3] or op.leg == sid then
+    out.action = 'none'
+  elseif redis.call('HEXISTS', ck, 'xfer') == 1 then
+    redis.call('HSET', ck, 'orphan', op.leg)
+    out.action = 'wait'
+  else
+    out.action = 'complete'
+  end
+  out.ok = true
 
 elseif kind == 'transfer_answered' then
   local raw = redis.call('HGET', ck, 'xfer')
@@ -205,7 +220,7 @@ elseif kind == 'transfer_answered' then
     out.code = 'stale'
   else
     local prev_agent, prev_leg = redis.call('HGET', ck, 'agent'), redis.call('HGET', ck, 'leg')
-    redis.call('HDEL', ck, 'xfer')
+    redis.call('HDEL', ck, 'xfer', 'orphan')
     local o = load_offer(op.offer)
     if o then end_offer(o, 'bridged', nil, false) end  -- released: the offer's reservations go with the answer
     take_over(op.agent, op.part)

@@ -332,3 +332,67 @@ async def _agent(p: OfferPhone, agent: str) -> WsClient:
     ws = await connect(p.server, token(agent))
     await ws.wait_for(lambda s: s["agents"][agent]["state"] == "available")
     return ws
+
+
+# -- the first agent gone, a late answer --------------------------------------------------------------------
+
+async def test_first_agent_gone_the_caller_waits_for_the_transfer_and_is_hung_up_if_it_fails(phone: Phone) -> None:
+    caller, leg, socks = await bridged(phone)
+    socks.update(await online(phone, "bob"))
+    offer = await _offer_to(phone, caller, "bob", socks["bob"])
+    await phone.emu.end_call(leg)  # alice hangs up her softphone right after offering the transfer
+    await phone.emu.settle()
+    await until(lambda: _is(phone, "alice", "wrap-up"))
+    # the transfer is pending: the caller waits in the conference for bob
+    assert phone.emu.calls[caller].status == "in-progress"
+    assert (await phone.call(caller))["orphan"] == leg
+    await socks["bob"].send({"type": "reject", "offer_id": offer["offer_id"]})
+    # nobody will take it now: callboard hangs the caller up rather than leave it alone on hold music
+    await until(lambda: _true(phone.emu.calls[caller].status == "completed"))
+    assert phone.rest("POST", f"/Calls/{caller}.json")[-1] == {"Status": "completed"}
+    assert (await wait_message(socks["alice"], "transfer_failed"))["reason"] == "rejected"
+    assert (await phone.stats())["answered"] == 1
+
+
+async def test_first_agent_gone_the_transfer_still_hands_the_caller_on(phone: Phone) -> None:
+    caller, leg, socks = await bridged(phone)
+    socks.update(await online(phone, "bob"))
+    offer = await _offer_to(phone, caller, "bob", socks["bob"])
+    await phone.emu.end_call(leg)
+    await phone.emu.settle()
+    await socks["bob"].send({"type": "accept", "offer_id": offer["offer_id"]})
+    await until(lambda: _is(phone, "bob", "on-call"))
+    call = await phone.call(caller)
+    assert call["agent"] == "bob" and "orphan" not in call and phone.emu.calls[caller].status == "in-progress"
+    assert not [f for f in phone.rest("POST", f"/Calls/{caller}.json") if f.get("Status") == "completed"]
+
+
+async def test_an_accepted_transfer_not_connected_in_time_ends_and_a_late_answer_is_removed(phone: Phone) -> None:
+    caller, leg, socks = await bridged(phone)
+    socks.update(await online(phone, "bob"))
+    phone.emu.softphones["bob"] = "wait"
+    offer = await _offer_to(phone, caller, "bob", socks["bob"])
+    await socks["bob"].send({"type": "accept", "offer_id": offer["offer_id"]})
+    assert (await wait_message(socks["bob"], "offer_ended"))["reason"] == "accepted"
+    phone.clock.advance(61)  # past connect_timeout_s (60)
+    failed = await wait_message(socks["alice"], "transfer_failed")
+    assert (failed["to"], failed["reason"]) == ("bob", "connect_timeout")
+    await _no_offer_left(phone, caller)
+    [create] = phone.rest("POST", "/Participants.json")
+    await phone.emu.answer("bob")  # bob's softphone answers after all: he must not stay in the call
+    await phone.emu.settle()
+    [bobs] = [c.sid for c in phone.emu.calls.values() if c.to.startswith("client:bob")]
+    await until(lambda: _true(bool(phone.rest("POST", f"/Calls/{bobs}.json"))))
+    assert phone.rest("POST", f"/Calls/{bobs}.json") == [{"Status": "completed"}]  # his leg is ended
+    # (the emulator sends the answered callback before the participant joins and then joins it anyway, so
+    # its model shows bob's leg in-progress; Twilio ends a completed call. Only the request is asserted.)
+    await phone.emu.settle()
+    assert phone.emu.calls[caller].status == "in-progress"
+    call = await phone.call(caller)
+    assert call["agent"] == "alice" and "transfers" not in call
+    assert await state_of(phone, "bob") == "available" and await state_of(phone, "alice") == "on-call"
+    assert create["To"].startswith("client:bob?offer_id=")
+
+
+async def _true(value: bool) -> bool:
+    return value
