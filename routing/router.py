@@ -5,6 +5,11 @@ Redis, rank agents for them with the pure rules of routing/order.py over the mir
 and hand the proposals to one Lua call (routing/lua.py ROUTE_TICK) that re-checks everything and claims
 atomically. Several instances proposing at once is harmless: the script decides, one caller to one agent.
 
+With the conference bridge a transfer to an agent is an offer too (kind "transfer", made by softphone/):
+the tick expires and cleans those up, and an accepted one is handed to softphone/ (transfer_accepted) to
+ring the agent into the conference. That is why the app starts a router in pull mode as well when the
+bridge is "conference": there it proposes nothing (offers_callers is False) and only keeps transfer offers.
+
 An accepted offer is dequeued through Twilio's REST API (routing/twilio_rest.py) in a background task, so
 no websocket read and no webhook waits on Twilio. Whatever the REST outcome, Redis hears it: success makes
 the offer `connecting`; failure ends it and the caller, who never left its queue, is offered again.
