@@ -98,7 +98,7 @@ class Router:
         # cleanup in each tick) and takes agents' answers; it offers no waiting caller
         self.offers_callers = self.settings.mode == "offer"
         # softphone/ sets this: an accepted transfer offer -> add the agent to the caller's conference
-        self.transfer_accepted: Callable[[str, str, str], Awaitable[None]] | None = None
+        self.transfer_accepted: Callable[[str, str, str], Awaitable[bool]] | None = None
         # ... and this: a failed transfer left its caller alone (the first agent had left) -> hang it up
         self.transfer_orphaned: Callable[[str], Awaitable[None]] | None = None
 
@@ -204,7 +204,7 @@ class Router:
             self.wake()
             return None
         if kind == "transfer":
-            self._spawn(self._transfer(offer_id, call_sid, agent), f"transfer-{offer_id}")
+            self._spawn(self._transfer(offer_id, call_sid, queue, agent), f"transfer-{offer_id}")
         else:
             self._spawn(self._dequeue(offer_id, call_sid, queue, agent), f"dequeue-{offer_id}")
         return None
@@ -213,14 +213,15 @@ class Router:
         if self.transfer_orphaned is not None:
             self._spawn(self.transfer_orphaned(call_sid), f"orphan-{call_sid}")
 
-    async def _transfer(self, offer_id: str, call_sid: str, agent: str) -> None:
+    async def _transfer(self, offer_id: str, call_sid: str, queue: str, agent: str) -> None:
         """An accepted transfer offer: softphone/ rings the agent into the call's conference. Whatever fails,
         the offer's connect deadline (checked by every instance's tick) ends the transfer."""
         if self.transfer_accepted is None:
             log.error("transfer offer %s accepted but this instance has no conference bridge; its deadline ends it",
                       offer_id)
             return
-        await self.transfer_accepted(offer_id, call_sid, agent)
+        ringing = await self.transfer_accepted(offer_id, call_sid, agent)
+        self.metrics.offers.labels(queue, "accepted" if ringing else "cancelled").inc()
 
     def connect_url(self, offer_id: str, agent: str, queue: str) -> str:
         query = urlencode({"offer": offer_id, "agent": agent, "queue": queue})

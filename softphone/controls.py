@@ -216,14 +216,15 @@ class Controls:
         return {"agent": target.agent, "warm": target.warm, "status": "offered", "offer_id": done["offer_id"],
                 "expires_ms": done["expires_ms"]}
 
-    async def transfer_accepted(self, offer_id: str, caller: str, agent: str) -> None:
+    async def transfer_accepted(self, offer_id: str, caller: str, agent: str) -> bool:
         """The target accepted the transfer offer (routing/router.py answer): ring their client into the call's
-        conference with the offer id as a custom parameter, so their console answers the call it accepted."""
+        conference with the offer id as a custom parameter, so their console answers the call it accepted.
+        True when it rings (the offer ended `accepted`)."""
         conf, from_, raw = await self.redis.hmget(keys.call(caller), ["conf", "from", "xfer"])
         xfer = _json_object(raw)
         if xfer.get("offer") != offer_id:
             log.info("transfer offer %s of %s was accepted after it ended; nothing to ring", offer_id, caller)
-            return
+            return False
         base = str(xfer.get("base") or self.public_url or "")
         try:
             part = await self.rest.add_participant(
@@ -235,10 +236,11 @@ class Controls:
         except RestError as exc:
             log.warning("transfer offer %s: could not ring %s into %s (%s)", offer_id, agent, caller, exc)
             await self._cancel_transfer(caller, offer_id)
-            return
+            return False
         done = await self.step({"op": "transfer_connecting", "sid": caller, "offer": offer_id, "part": part})
         if not done.get("ok"):  # ended meanwhile (the caller hung up): the participant's own end cleans up
             log.info("transfer offer %s of %s ended while %s was being rung", offer_id, caller, agent)
+        return bool(done.get("ok"))
 
     async def monitor(self, request: web.Request, claims: Claims, call_sid: str, body: Any) -> dict[str, Any]:
         rules.check_mode("monitor", self.config.center.bridge)

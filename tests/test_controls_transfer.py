@@ -396,3 +396,17 @@ async def test_an_accepted_transfer_not_connected_in_time_ends_and_a_late_answer
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_twilio_refusing_the_accepted_participant_fails_the_transfer_cleanly(phone: Phone) -> None:
+    caller, leg, socks = await bridged(phone)
+    socks.update(await online(phone, "bob"))
+    offer = await _offer_to(phone, caller, "bob", socks["bob"])
+    phone.emu.fail_next = [(400, 21210)]  # the Participants create is refused (not retried: a 4xx)
+    await socks["bob"].send({"type": "accept", "offer_id": offer["offer_id"]})
+    failed = await wait_message(socks["alice"], "transfer_failed")
+    assert (failed["to"], failed["reason"]) == ("bob", "not_connected")
+    assert (await wait_message(socks["bob"], "offer_ended"))["reason"] == "not_connected"
+    await _no_offer_left(phone, caller)
+    assert await _ended(phone) == [("cancelled", "not_connected")]
+    assert (await phone.call(caller))["agent"] == "alice" and await state_of(phone, "bob") == "available"
