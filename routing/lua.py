@@ -107,7 +107,7 @@ local function end_offer(o, reason, result, tell)
   end
   if result then
     fact({type = 'offer.ended', call_sid = o.call, offer_id = o.id, agent = o.agent, result = result,
-          reason = reason})
+          reason = reason, kind = o.kind})  -- kind: 'transfer' for a transfer offer, absent for a routed one
   end
 end
 

@@ -18,7 +18,8 @@ import pytest
 from redis.asyncio import Redis
 
 from callboard import keys
-from tests.conftest import WsClient, token
+from callboard.services import SERVICES
+from tests.conftest import WsClient, connect, token
 from tests.routing_support import next_message
 from tests.test_controls import (
     Phone,
@@ -327,8 +328,6 @@ async def test_offer_mode_transfer_blocks_the_target_from_queued_callers(offer_p
 
 
 async def _agent(p: OfferPhone, agent: str) -> WsClient:
-    from tests.conftest import connect
-
     ws = await connect(p.server, token(agent))
     await ws.wait_for(lambda s: s["agents"][agent]["state"] == "available")
     return ws
@@ -410,3 +409,26 @@ async def test_twilio_refusing_the_accepted_participant_fails_the_transfer_clean
     await _no_offer_left(phone, caller)
     assert await _ended(phone) == [("cancelled", "not_connected")]
     assert (await phone.call(caller))["agent"] == "alice" and await state_of(phone, "bob") == "available"
+
+
+async def test_a_transfer_offer_expires_on_another_instance_after_its_maker_is_gone(
+        phone: Phone, make_instance: Any) -> None:
+    """Expiry lives in the router tick every instance runs (pull mode too): the instance that made the
+    offer stopping changes nothing."""
+    other = await make_instance(phone.config, app_settings=phone.server.app[SERVICES].settings, clock=phone.clock,
+                                instance_id="b")
+    caller, leg, socks = await bridged(phone)  # alice and the call on instance a (phone.server)
+    bob = await connect(other, token("bob"))  # bob's console is on instance b
+    await bob.wait_for(lambda s: s["agents"]["bob"]["state"] == "available")
+    status, body = await phone.api(caller, "transfer", {"agent": "bob"}, tok=token("alice"))  # made on a
+    assert status == 200, body
+    offer = await wait_message(bob, "offer")
+    await socks["alice"].close()
+    await phone.server.close()  # instance a is gone (its router with it)
+    phone.clock.advance(16)
+    ended = await wait_message(bob, "offer_ended")
+    assert (ended["offer_id"], ended["reason"]) == (offer["offer_id"], "expired")
+    assert await _offers(phone.redis) == {} and "xfer" not in await phone.call(caller)
+    [fact] = [f for f in await phone.facts("offer.ended") if f["offer_id"] == offer["offer_id"]]
+    assert (fact["result"], fact["kind"]) == ("missed", "transfer")
+    await bob.close()
