@@ -421,19 +421,19 @@ class Controls:
                     await self.rest.remove_participant(await self._conference_of(caller), str(done["prev_leg"]))
                 except RestError as exc:
                     log.warning("cold transfer of %s: could not remove %s: %s", caller, done.get("prev_agent"), exc)
-        elif status in END_STATUSES:
-            leg = await self.redis.hget(keys.call(caller), "leg")
-            if _text(leg) == part:
-                # the second agent had the call: their leg ended, as a softphone leg's status would say
-                await self.flow.record(CallEvent(STATUS, self.clock.now_ms(), {"sid": part, "agent": agent}))
-            else:  # rung after Accept but never answered (or the caller's end ended it first)
-                await self._cancel_transfer(caller, offer)
+        elif status in END_STATUSES and not await self._cancel_transfer(caller, offer):
+            # not the pending transfer (rung after Accept, never answered): this agent's leg was answered and
+            # held the call at some point (maybe handed on since); it ended, as a softphone leg's status
+            # would say. For a leg that never took the call this changes nothing (no caller on the leg).
+            await self.flow.record(CallEvent(STATUS, self.clock.now_ms(), {"sid": part, "agent": agent}))
         return callflow_twiml.empty()
 
-    async def _cancel_transfer(self, caller: str, offer: str) -> None:
+    async def _cancel_transfer(self, caller: str, offer: str) -> bool:
+        """End the pending transfer `offer` of this caller as not connected; False if it is not pending."""
         done = await self.step({"op": "transfer_cancel", "sid": caller, "offer": offer, "reason": "not_connected"})
         if done.get("alone"):
             await self.transfer_orphaned(caller)
+        return bool(done.get("ok"))
 
     async def _conference_of(self, caller: str) -> str:
         conf = await self.redis.hget(keys.call(caller), "conf")

@@ -432,3 +432,25 @@ async def test_a_transfer_offer_expires_on_another_instance_after_its_maker_is_g
     [fact] = [f for f in await phone.facts("offer.ended") if f["offer_id"] == offer["offer_id"]]
     assert (fact["result"], fact["kind"]) == ("missed", "transfer")
     await bob.close()
+
+
+async def test_a_transferred_call_is_transferred_again_and_each_agent_wraps_up(phone: Phone) -> None:
+    caller, leg, socks = await bridged(phone)
+    socks.update(await online(phone, "bob", "dave"))
+    offer = await _offer_to(phone, caller, "bob", socks["bob"])
+    await socks["bob"].send({"type": "accept", "offer_id": offer["offer_id"]})
+    await until(lambda: _is(phone, "bob", "on-call"))
+    await until(lambda: _is(phone, "alice", "wrap-up"))
+    # bob hands it on to dave: bob's own participant leg is removed, so he wraps up too
+    offer = await _offer_to(phone, caller, "dave", socks["dave"], by="bob")
+    assert offer["from_agent"] == "bob"
+    await socks["dave"].send({"type": "accept", "offer_id": offer["offer_id"]})
+    await until(lambda: _is(phone, "dave", "on-call"))
+    await until(lambda: _is(phone, "bob", "wrap-up"))
+    call = await phone.call(caller)
+    assert call["agent"] == "dave"
+    assert [(t["from"], t["to"]) for t in json.loads(call["transfers"])] == [("alice", "bob"), ("bob", "dave")]
+    conf = phone.emu.conference_named(caller)
+    assert conf is not None and len(conf.participants) == 2 and caller in conf.participants
+    stats = await phone.stats()
+    assert (stats["offered"], stats["answered"]) == (1, 1)
