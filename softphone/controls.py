@@ -408,6 +408,8 @@ class Controls:
             done = await self.step({"op": "transfer_answered", "sid": caller, "part": part, "agent": agent,
                                     "offer": offer})
             if not done.get("ok"):
+                if _text(await self.redis.hget(keys.call(caller), "leg")) == part:
+                    return callflow_twiml.empty()  # Twilio said it twice: this leg took the call already
                 # the transfer ended first (its connect deadline, the caller leaving): the late answer must
                 # not hang on in the call as a stranger; the transfer was already reported as failed
                 log.info("transfer %s of %s answered by %s after it ended; removing them", offer, caller, agent)

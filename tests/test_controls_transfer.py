@@ -99,8 +99,8 @@ async def test_cold_transfer_is_an_offer_and_keeps_statistics_exact(phone: Phone
     assert create["To"] == f"client:bob?offer_id={offer['offer_id']}" and create["Region"] == "jp1"
     assert "kind=transfer" in create["StatusCallback"] and f"offer={offer['offer_id']}" in create["StatusCallback"]
     assert create["EndConferenceOnExit"] == "false"
-    # cold: alice is removed as soon as bob answers; she wraps up; the call is bob's
-    assert phone.rest("DELETE", f"/Participants/{leg}.json")
+    # cold: alice is removed as soon as bob answers (the request follows bob's take-over); she wraps up
+    await until(lambda: _true(bool(phone.rest("DELETE", f"/Participants/{leg}.json"))))
     await until(lambda: _is(phone, "alice", "wrap-up"))
     pop = await wait_message(socks["bob"], "pop")
     assert pop["call_sid"] == caller
@@ -138,6 +138,7 @@ async def test_warm_transfer_accepted_all_three_talk_until_the_first_agent_hangs
     assert offer["warm"] is True and offer["from_agent"] == "alice"
     await socks["bob"].send({"type": "accept", "offer_id": offer["offer_id"]})
     await until(lambda: _is(phone, "bob", "on-call"))
+    await phone.emu.settle()
     conf = phone.emu.conference_named(caller)
     assert conf is not None and leg in conf.participants and len(conf.participants) == 3
     assert not phone.rest("DELETE", f"/Participants/{leg}.json")
@@ -454,3 +455,22 @@ async def test_a_transferred_call_is_transferred_again_and_each_agent_wraps_up(p
     assert conf is not None and len(conf.participants) == 2 and caller in conf.participants
     stats = await phone.stats()
     assert (stats["offered"], stats["answered"]) == (1, 1)
+
+
+async def test_a_repeated_answered_callback_changes_nothing(phone: Phone) -> None:
+    caller, leg, socks = await bridged(phone)
+    socks.update(await online(phone, "bob"))
+    offer = await _offer_to(phone, caller, "bob", socks["bob"])
+    await socks["bob"].send({"type": "accept", "offer_id": offer["offer_id"]})
+    await until(lambda: _is(phone, "bob", "on-call"))
+    await phone.emu.settle()
+    [(url, params, _)] = [(u, p, s) for u, p, s in phone.emu.callbacks
+                          if "kind=transfer" in u and p.get("CallStatus") == "in-progress"]
+    before = len(phone.emu.requests)
+    query = dict(part.split("=", 1) for part in url.split("?", 1)[1].split("&"))
+    status, _ = await phone.twilio.post("participant", params, query)  # Twilio sends the answer again
+    assert status == 200
+    await phone.emu.settle()
+    assert len(phone.emu.requests) == before  # bob's leg is not ended, nothing asked of Twilio
+    assert (await phone.call(caller))["agent"] == "bob" and await state_of(phone, "bob") == "on-call"
+    assert len(json.loads((await phone.call(caller))["transfers"])) == 1
