@@ -209,6 +209,7 @@ class Controls:
             code = done.get("code", "refused")
             text = {"agent_busy": f"{target.agent} is not available (state: {done.get('state', 'unknown')})",
                     "agent_ringing": f"{target.agent} is being offered another call; try again in a moment",
+                    "no_softphone": f"{target.agent}'s console cannot take calls right now (no working softphone)",
                     "transfer_pending": "a transfer of this call is already ringing",
                     "call_queued": "this call is waiting in a queue; it can be transferred once an agent has it",
                     "call_ended": "this call has already ended"}.get(code, "the transfer was refused")

@@ -143,9 +143,11 @@ elseif kind == 'transfer_offer' then
     out.code = 'transfer_pending'
   elseif redis.call('HEXISTS', OFFER_AGENTS, op.to) == 1 then
     out.code = 'agent_ringing'
-  elseif target.state ~= 'available' or (target.connections or 0) < 1 or not takes_calls(op.to, target) then
+  elseif target.state ~= 'available' or (target.connections or 0) < 1 then
     out.code = 'agent_busy'
     out.state = target.state
+  elseif not takes_calls(op.to, target) then
+    out.code = 'no_softphone'
   else
     local id = 'of' .. redis.call('INCR', OFFER_SEQ)
     local due = NOW + op.timeout_ms

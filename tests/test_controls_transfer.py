@@ -280,7 +280,17 @@ async def test_transfer_refusals(phone: Phone) -> None:
     assert status == 400 and "exactly one" in body["error"]
     status, body = await phone.api(caller, "transfer", {"agent": "bob"}, tok=token("bob"))
     assert status == 403
-    assert await phone.facts("offer.created") == [] and await _offers(phone.redis) == {}
+    # bob online, but his console says its softphone is not ready: he cannot be offered a call
+    bob = await connect(phone.server, token("bob"))
+    await bob.send({"type": "can_take_calls", "value": False})
+    await bob.wait_for(lambda s: s["agents"]["bob"]["state"] == "available")
+    await until(lambda: _nocalls(phone, "bob"))
+    status, body = await phone.api(caller, "transfer", {"agent": "bob"}, tok=alice)
+    assert status == 409 and body["code"] == "no_softphone" and "softphone" in body["error"]
+    await bob.send({"type": "can_take_calls", "value": True})
+    await until(lambda: _not(_nocalls(phone, "bob")))
+    assert (await phone.api(caller, "transfer", {"agent": "bob"}, tok=alice))[0] == 200  # ready again: offered
+    assert len(await phone.facts("offer.created")) == 1  # the refusals made nothing
 
 
 # -- offer mode: the router never offers the target a queued caller while a transfer is offered -----------
@@ -396,6 +406,14 @@ async def test_an_accepted_transfer_not_connected_in_time_ends_and_a_late_answer
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def _nocalls(phone: Phone, agent: str) -> bool:
+    return bool(await phone.redis.hlen(keys.PREFIX + f"nocalls:{agent}"))
+
+
+async def _not(awaitable: Any) -> bool:
+    return not await awaitable
 
 
 async def test_twilio_refusing_the_accepted_participant_fails_the_transfer_cleanly(phone: Phone) -> None:
