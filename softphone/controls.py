@@ -343,7 +343,9 @@ class Controls:
                 call = await self._call(caller)
             except ControlError:  # not a call of ours (expired, or a forged query): nothing to undo
                 return
-            if call.get("leg") == part:  # the agent had the caller: their leg is over, wrap-up starts
+            if _text(await self.redis.hget(keys.agent_leg(part), "caller")) == caller:
+                # the agent had the caller (maybe handed it on since by a transfer): their leg is over,
+                # wrap-up starts; the caller stays where it is
                 await self.flow.record(CallEvent(STATUS, self.clock.now_ms(), {"sid": part, "agent": agent}))
                 return
             await release_offer(request, offer, caller, bridged=False)

@@ -332,10 +332,22 @@ async def test_offer_mode_transfer_blocks_the_target_from_queued_callers(offer_p
     await until(lambda: _on_call(p, "carol"))
     await p.emu.settle()
     assert (await p.redis.hgetall(keys.call(first)))[b"agent"] == b"carol"
+    # alice (cold) was removed: her offered participant leg ended, which ends her call, not the caller's:
+    # the caller stays in its conference with carol, not put back in the queue
+    await until(lambda: _in_state(p, "alice", "wrap-up"))
+    await p.emu.settle()
+    assert not [f for m, path, f in p.emu.requests if m == "POST" and path.endswith(f"/Calls/{first}.json")]
+    conf = p.emu.conference_named(first)
+    assert conf is not None and first in conf.participants and len(conf.participants) == 2
+    assert p.emu.calls[first].queue is None and await p.redis.zscore(keys.queue_waiting("support"), first) is None
     today = await _today(p)
     assert today["answered"] == 1  # the transferred call still counted once (the second never answered)
     for ws in (alice, bob, carol):
         await ws.close()
+
+
+async def _in_state(p: OfferPhone, agent: str, state: str) -> bool:
+    return await state_of(p, agent) == state  # type: ignore[arg-type]
 
 
 async def _agent(p: OfferPhone, agent: str) -> WsClient:
