@@ -179,7 +179,8 @@ async def test_conference_controls_from_the_console(browser: Any, make_instance:
     await page.click(tid("sp-transfer"))
     offer = await wait_message(bob, "offer")
     assert offer["kind"] == "transfer" and offer["from_agent"] == "alice"
-    assert await text_of(page, "sp-notice") == "Offered to bob\u2026"
+    # (the offer can reach bob before the page has read the API's answer: wait for the notice)
+    await wait_js(page, "() => document.querySelector('[data-testid=\"sp-notice\"]').textContent === 'Offered to bob\u2026'")
     await bob.send({"type": "accept", "offer_id": offer["offer_id"]})
     await until(lambda: _is_state(phone, "bob", "on-call"))
     await until(lambda: _is_state(phone, "alice", "wrap-up"))
