@@ -82,7 +82,9 @@ def build_services(config: Config, settings: Settings, redis: Redis, *, clock: C
     from routing.twilio_rest import TwilioRest  # no network until a first REST call
 
     services.twilio_rest = TwilioRest.from_settings(settings)
-    if config.routing.mode == "offer":  # routing: callboard offers callers to agents itself
+    # routing: in offer mode callboard offers callers to agents itself; with the conference bridge a transfer
+    # to an agent is an offer too, so pull mode gets a router that only keeps those (it proposes nothing)
+    if config.routing.mode == "offer" or config.center.bridge == "conference":
         from routing.service import build_router
 
         services.routing = build_router(services)

@@ -118,7 +118,7 @@ class Services:
     db: Database | None = None
     # Set while several live instances share this Redis and this one keeps its records in SQLite.
     database_misconfigured: str | None = None
-    routing: Router | None = None  # offer mode only (routing/router.py)
+    routing: Router | None = None  # offer mode, or the conference bridge (transfer offers): routing/router.py
     twilio_rest: TwilioRest | None = None  # the instance's one Twilio REST client (routing/twilio_rest.py)
 
     @property

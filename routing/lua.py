@@ -5,7 +5,9 @@ PREFIX, emit, load_rec, apply) is in scope: an agent set away for missed offers 
 presence rules and change stream as any other transition, in the same atomic call.
 
 Offer hash (keys.offer(id)) fields: call, agent, queue, state (open | accepting | connecting), created_ms,
-due_ms, entered_ms, msg (the `offer` entry's payload, msgpack, for a resync). Reservations: OFFER_AGENTS (agent -> offer id) and OFFER_CALLS (CallSid -> offer id);
+due_ms, entered_ms, msg (the `offer` entry's payload, msgpack, for a resync); a transfer to an agent
+(softphone/lua.py `transfer_offer`) adds kind = transfer, from (the first agent) and warm, and holds only
+OFFER_AGENTS (its caller is in a conference, not waiting: the call hash's `xfer` is its per-call lock). Reservations: OFFER_AGENTS (agent -> offer id) and OFFER_CALLS (CallSid -> offer id);
 an offer holds both from creation until it ends, so an agent has at most one offer and a caller is offered
 to one agent at a time. OFFER_DUE orders offers by when they must be looked at again: an open offer at its
 expiry, an accepted one at its connect deadline (an instance that died mid-dequeue cannot strand anyone).
@@ -105,8 +107,47 @@ local function end_offer(o, reason, result, tell)
   end
   if result then
     fact({type = 'offer.ended', call_sid = o.call, offer_id = o.id, agent = o.agent, result = result,
-          reason = reason})
+          reason = reason, kind = o.kind})  -- kind: 'transfer' for a transfer offer, absent for a routed one
   end
+end
+
+-- Missed: the agent's missed-in-a-row and today's count go up; at missed_to_away the agent is set away.
+local function count_missed(o)
+  redis.call('HINCRBY', k_missed(DAY), o.agent, 1)
+  redis.call('PEXPIRE', k_missed(DAY), TWO_DAYS_MS)
+  return redis.call('HINCRBY', MISSED_ROW, o.agent, 1)
+end
+
+local function away_if_missed(o, row, missed_to_away)
+  if missed_to_away > 0 and row >= missed_to_away then
+    redis.call('HSET', MISSED_ROW, o.agent, 0)
+    apply(o.agent, {kind = 'set', actor = 'system', state = 'away', reason = 'missed offers'})
+  end
+end
+
+-- A transfer offer (kind = transfer) ended without the target taking the call: the call's transfer state
+-- (the call hash's xfer, softphone/lua.py) goes in the same atomic call, so a transfer can never be both
+-- answered and cancelled; the first agent hears why (transfer_failed); the caller never notices.
+-- Returns true when the caller is now alone: the agent who held it left while the transfer was pending
+-- (softphone's owner_left marked the call `orphan`), so the caller must be hung up, not left on hold music.
+local function end_transfer(o, reason, result)
+  end_offer(o, reason, result, true)
+  local ck = k_call_h(o.call)
+  local raw = redis.call('HGET', ck, 'xfer')
+  local alone = false
+  if raw then
+    local x = cjson.decode(raw)
+    if x.offer == o.id then
+      redis.call('HDEL', ck, 'xfer')
+      if x.from then
+        -- the first agent reads `missed` where the target's own offer said `expired`
+        emit('notice', x.from, {type = 'transfer_failed', call_sid = o.call, to = x.to, offer_id = o.id,
+                                reason = reason == 'expired' and 'missed' or reason})
+      end
+      alone = redis.call('HEXISTS', ck, 'orphan') == 1 and redis.call('HEXISTS', ck, 'end_ms') == 0
+    end
+  end
+  return alone
 end
 """ % {
     "offer_agents": keys.OFFER_AGENTS, "offer_calls": keys.OFFER_CALLS, "offer_due": keys.OFFER_DUE,
@@ -116,6 +157,11 @@ end
 # ROUTE_TICK — one router tick: end what must end, then create offers for the proposals.
 #   KEYS: none.  ARGV: the presence header, then ARGV[6] = msgpack settings {timeout_ms, connect_ms,
 #   missed_to_away}, ARGV[7] = msgpack list of proposals {call, queue, cands = {agent ids, best first}}.
+#   0. Transfer offers (kind = transfer, made by softphone/): caller hung up -> caller_left; open and the
+#      target no longer offerable -> agent_unavailable; open past expiry -> expired (missed, as below);
+#      accepted but not connected by the deadline -> connect_timeout. Each also ends the call's `xfer`
+#      and tells the first agent (transfer_failed). This part needs no proposals, so it runs in pull mode
+#      too (the router there proposes nothing): expiry never depends on the instance that made the offer.
 #   1. Open offers whose caller left -> caller_left (cancelled); whose agent is no longer offerable
 #      (not available, no connection, cannot take calls) -> agent_unavailable (cancelled); past expiry ->
 #      expired (missed): the agent's missed-in-a-row and today's count go up, and at missed_to_away the agent
@@ -124,17 +170,41 @@ end
 #   2. Each proposal, in order: skipped unless the caller is still waiting with no offer; the first
 #      candidate that is offerable gets the offer, agents who rejected or missed this caller last.
 #   Returns msgpack {created = {{offer_id, call, agent, queue, entered_ms, since_ms}...},
-#                    ended = {{queue, result}...}}.
+#                    ended = {{queue, result}...}, orphans = {CallSids left alone by a failed transfer}}.
 ROUTE_TICK_BODY = """
 local cfg = cmsgpack.unpack(ARGV[6])
 local proposals = cmsgpack.unpack(ARGV[7])
-local created, ended = {}, {}
+local created, ended, orphans = {}, {}, {}
 
 local open = redis.call('HGETALL', OFFER_AGENTS)
 for i = 1, #open, 2 do
   local o = load_offer(open[i + 1])
   if o == nil then
     redis.call('HDEL', OFFER_AGENTS, open[i])  -- an offer key that vanished (should not happen)
+  elseif o.kind == 'transfer' then
+    -- a transfer offer: its caller talks in a conference (not waiting); it ends when the caller hangs up,
+    -- the target stops being offerable, it expires (missed), or an accepted one never connects in time
+    local ended_as, alone = nil, false
+    if redis.call('HEXISTS', k_call_h(o.call), 'end_ms') == 1 then
+      end_transfer(o, 'caller_left', o.state ~= 'connecting' and 'cancelled' or nil)
+      ended_as = 'cancelled'
+    elseif o.state == 'open' then
+      local rec = load_rec(o.agent)
+      if rec.state ~= 'available' or (rec.connections or 0) < 1 or not takes_calls(o.agent, rec) then
+        alone = end_transfer(o, 'agent_unavailable', 'cancelled')
+        ended_as = 'cancelled'
+      elseif tonumber(o.due_ms) <= NOW then
+        local row = count_missed(o)
+        alone = end_transfer(o, 'expired', 'missed')
+        away_if_missed(o, row, cfg.missed_to_away)
+        ended_as = 'missed'
+      end
+    elseif tonumber(o.due_ms) <= NOW then
+      alone = end_transfer(o, 'connect_timeout', o.state == 'accepting' and 'cancelled' or nil)
+      ended_as = 'cancelled'
+    end
+    if ended_as then ended[#ended + 1] = {o.queue, ended_as} end
+    if alone then orphans[#orphans + 1] = o.call end
   elseif o.state == 'open' then
     if not still_waiting(o.call, o.queue) then
       end_offer(o, 'caller_left', 'cancelled', true)
@@ -145,15 +215,10 @@ for i = 1, #open, 2 do
         end_offer(o, 'agent_unavailable', 'cancelled', true)
         ended[#ended + 1] = {o.queue, 'cancelled'}
       elseif tonumber(o.due_ms) <= NOW then
-        redis.call('HINCRBY', k_missed(DAY), o.agent, 1)
-        redis.call('PEXPIRE', k_missed(DAY), TWO_DAYS_MS)
-        local row = redis.call('HINCRBY', MISSED_ROW, o.agent, 1)
+        local row = count_missed(o)
         end_offer(o, 'expired', 'missed', true)
         ended[#ended + 1] = {o.queue, 'missed'}
-        if cfg.missed_to_away > 0 and row >= cfg.missed_to_away then
-          redis.call('HSET', MISSED_ROW, o.agent, 0)
-          apply(o.agent, {kind = 'set', actor = 'system', state = 'away', reason = 'missed offers'})
-        end
+        away_if_missed(o, row, cfg.missed_to_away)
       end
     end
   elseif redis.call('HEXISTS', k_call_h(o.call), 'end_ms') == 1 then
@@ -201,7 +266,7 @@ for _, p in ipairs(proposals) do
     end
   end
 end
-return cmsgpack.pack({created = created, ended = ended})
+return cmsgpack.pack({created = created, ended = ended, orphans = orphans})
 """
 
 # ANSWER — the agent's answer to an offer.
@@ -209,19 +274,28 @@ return cmsgpack.pack({created = created, ended = ended})
 #   ARGV[9] connect deadline ms (accept only).
 #   accept: an open offer of this agent becomes `accepting` (due at the connect deadline); the dequeue
 #   follows outside Redis. reject: the offer ends `rejected`. Either resets the agent's missed-in-a-row.
-#   Returns {'ok', call, queue} or {'error', code} (no_offer: unknown, ended, or not this agent's).
+#   A transfer offer (kind = transfer) rejected ends the call's transfer too (end_transfer); its accept is
+#   followed by softphone/ adding the agent to the call's conference instead of a dequeue.
+#   Returns {'ok', call, queue, kind, 'alone' | ''} ('alone': a rejected transfer left its caller alone) or
+#   {'error', code} (no_offer: unknown, ended, or not this agent's).
 ANSWER_BODY = """
 local id, agent, answer = ARGV[6], ARGV[7], ARGV[8]
 local o = load_offer(id)
 if o == nil or o.agent ~= agent or o.state ~= 'open' then return {'error', 'no_offer'} end
+local kind = o.kind or 'call'
+if kind == 'transfer' and redis.call('HEXISTS', k_call_h(o.call), 'end_ms') == 1 then
+  end_transfer(o, 'caller_left', 'cancelled')  -- the caller hung up a moment ago: nothing to accept
+  return {'error', 'no_offer'}
+end
 redis.call('HSET', MISSED_ROW, agent, 0)
 if answer == 'accept' then
   redis.call('HSET', k_offer(id), 'state', 'accepting', 'due_ms', ARGV[9])
   redis.call('ZADD', OFFER_DUE, ARGV[9], id)
-  return {'ok', o.call, o.queue}
+  return {'ok', o.call, o.queue, kind, ''}
 end
-end_offer(o, 'rejected', 'rejected', true)
-return {'ok', o.call, o.queue}
+local alone = false
+if kind == 'transfer' then alone = end_transfer(o, 'rejected', 'rejected') else end_offer(o, 'rejected', 'rejected', true) end
+return {'ok', o.call, o.queue, kind, alone and 'alone' or ''}
 """
 
 # DEQUEUED — the outcome of the REST dequeue of an accepted offer.

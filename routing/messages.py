@@ -47,9 +47,12 @@ def customers_of(raw: str | bytes | None) -> tuple[list[dict[str, Any]], bool]:
 def offer_message(data: dict[str, Any]) -> dict[str, Any]:
     """The websocket `offer` message from an `offer` entry."""
     customers, withheld = customers_of(data.get("customers_json"))
-    return {"type": "offer", "offer_id": data.get("offer_id"), "call_sid": data.get("call_sid"),
-            "queue": data.get("queue"), "from": data.get("from") or "", "waited_s": data.get("waited_s"),
-            "customers": customers, "withheld": withheld, "expires_ms": data.get("expires_ms")}
+    message = {"type": "offer", "offer_id": data.get("offer_id"), "call_sid": data.get("call_sid"),
+               "queue": data.get("queue"), "from": data.get("from") or "", "waited_s": data.get("waited_s"),
+               "customers": customers, "withheld": withheld, "expires_ms": data.get("expires_ms"), "kind": "call"}
+    if data.get("kind") == "transfer":  # a call in progress handed on by another agent (softphone/)
+        message.update(kind="transfer", from_agent=data.get("from_agent"), warm=bool(data.get("warm")))
+    return message
 
 
 def offer_ended_message(data: dict[str, Any]) -> dict[str, Any]:

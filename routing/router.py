@@ -5,6 +5,11 @@ Redis, rank agents for them with the pure rules of routing/order.py over the mir
 and hand the proposals to one Lua call (routing/lua.py ROUTE_TICK) that re-checks everything and claims
 atomically. Several instances proposing at once is harmless: the script decides, one caller to one agent.
 
+With the conference bridge a transfer to an agent is an offer too (kind "transfer", made by softphone/):
+the tick expires and cleans those up, and an accepted one is handed to softphone/ (transfer_accepted) to
+ring the agent into the conference. That is why the app starts a router in pull mode as well when the
+bridge is "conference": there it proposes nothing (offers_callers is False) and only keeps transfer offers.
+
 An accepted offer is dequeued through Twilio's REST API (routing/twilio_rest.py) in a background task, so
 no websocket read and no webhook waits on Twilio. Whatever the REST outcome, Redis hears it: success makes
 the offer `connecting`; failure ends it and the caller, who never left its queue, is offered again.
@@ -89,11 +94,18 @@ class Router:
                                         "missed_to_away": self.settings.missed_to_away})
         self._tasks: set[asyncio.Task[Any]] = set()
         self.ticks = 0
+        # pull mode with the conference bridge: the router only keeps transfer offers (their expiry and
+        # cleanup in each tick) and takes agents' answers; it offers no waiting caller
+        self.offers_callers = self.settings.mode == "offer"
+        # softphone/ sets this: an accepted transfer offer -> add the agent to the caller's conference
+        self.transfer_accepted: Callable[[str, str, str], Awaitable[bool]] | None = None
+        # ... and this: a failed transfer left its caller alone (the first agent had left) -> hang it up
+        self.transfer_orphaned: Callable[[str], Awaitable[None]] | None = None
 
     # -- the loop ----------------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        if self.public_url is None:
+        if self.public_url is None and self.offers_callers:
             log.error("offer mode needs PUBLIC_URL (the base URL Twilio calls) to dequeue accepted callers; "
                       "accepted offers will fail and their callers stay queued")
         while True:
@@ -154,7 +166,7 @@ class Router:
         """One pass: end what must end, offer what can be offered. Returns the offers created."""
         self.ticks += 1
         now_ms = self.clock.now_ms()
-        callers = await self.waiting_callers(now_ms)
+        callers = await self.waiting_callers(now_ms) if self.offers_callers else []
         proposals: list[dict[str, Any]] = []
         if callers:
             busy = {_text(a) for a in await self.redis.hkeys(keys.OFFER_AGENTS)}
@@ -164,6 +176,8 @@ class Router:
         out = msgpack.unpackb(raw, raw=False)
         for queue, result in out.get("ended") or []:
             self.metrics.offers.labels(queue, result).inc()
+        for call_sid in out.get("orphans") or []:
+            self._orphaned(call_sid)
         created = []
         for offer_id, call_sid, agent, queue, entered_ms, since_ms in out.get("created") or []:
             latency_ms = max(now_ms - max(int(entered_ms or 0), int(since_ms or 0)), 0)
@@ -182,13 +196,32 @@ class Router:
         status, *rest = (_text(x) for x in reply)
         if status != "ok":
             return rest[0] if rest else "no_offer"
-        call_sid, queue = rest
+        call_sid, queue, kind, alone = rest
         if not accept:
             self.metrics.offers.labels(queue, "rejected").inc()
+            if alone:
+                self._orphaned(call_sid)
             self.wake()
             return None
-        self._spawn(self._dequeue(offer_id, call_sid, queue, agent), f"dequeue-{offer_id}")
+        if kind == "transfer":
+            self._spawn(self._transfer(offer_id, call_sid, queue, agent), f"transfer-{offer_id}")
+        else:
+            self._spawn(self._dequeue(offer_id, call_sid, queue, agent), f"dequeue-{offer_id}")
         return None
+
+    def _orphaned(self, call_sid: str) -> None:
+        if self.transfer_orphaned is not None:
+            self._spawn(self.transfer_orphaned(call_sid), f"orphan-{call_sid}")
+
+    async def _transfer(self, offer_id: str, call_sid: str, queue: str, agent: str) -> None:
+        """An accepted transfer offer: softphone/ rings the agent into the call's conference. Whatever fails,
+        the offer's connect deadline (checked by every instance's tick) ends the transfer."""
+        if self.transfer_accepted is None:
+            log.error("transfer offer %s accepted but this instance has no conference bridge; its deadline ends it",
+                      offer_id)
+            return
+        ringing = await self.transfer_accepted(offer_id, call_sid, agent)
+        self.metrics.offers.labels(queue, "accepted" if ringing else "cancelled").inc()
 
     def connect_url(self, offer_id: str, agent: str, queue: str) -> str:
         query = urlencode({"offer": offer_id, "agent": agent, "queue": queue})

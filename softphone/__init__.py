@@ -25,6 +25,10 @@ def install(app: web.Application, services: Services) -> None:
                         clock=services.clock, flow=services.callflow, rest=rest, secret=services.secret,
                         public_url=services.settings.public_url)
     app[CONTROLS_KEY] = controls
+    if controls.conference_mode and services.routing is not None:
+        # a transfer to an agent is a routing offer; its Accept rings the agent into the call's conference
+        services.routing.transfer_accepted = controls.transfer_accepted
+        services.routing.transfer_orphaned = controls.transfer_orphaned
     app.add_routes(controls.routes())
 
     async def close(app: web.Application) -> None:

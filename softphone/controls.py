@@ -8,6 +8,9 @@ taken by an agent, joins its conference), `conference-events` (the conference's 
 `participant` (an added participant's call status: a transfer's second agent, a supervisor), `requeue` and
 `requeue-result` (a caller transferred to a queue), `hold-music` (the HoldUrl).
 
+A transfer to an agent is a routing offer (routing/lua.py): made in Redis with the call's `xfer`, answered
+on the target's websocket; only its Accept rings the target in (`transfer_accepted`).
+
 Order of the two sides: a control that must be exclusive (a transfer, a claim) is reserved in Redis first
 and released if Twilio refuses; a control that only records (hold, monitor, a transfer to a queue) asks
 Twilio first and records what Twilio did, so the record never says something happened that did not.
@@ -15,9 +18,10 @@ Twilio first and records what Twilio did, so the record never says something hap
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import msgpack
 from aiohttp import web
@@ -46,7 +50,7 @@ log = logging.getLogger(__name__)
 JSON_HEADERS = {"Cache-Control": "no-store"}
 ANSWERED_STATUSES = frozenset({"in-progress", "answered"})
 END_STATUSES = frozenset({"completed", "busy", "failed", "no-answer", "canceled"})
-TRANSFER_RING_S = 20  # how long a transfer rings the second agent before it counts as not answered
+TRANSFER_RING_S = 20  # how long an accepted offer's participant rings; the console answers at once, this is slack
 MAX_BODY_BYTES = 16 * 1024
 CALL_NOT_IN_PROGRESS = 21220  # Twilio's answer to a Calls update of a call that has ended
 
@@ -83,12 +87,11 @@ class Controls:
         raw = await self._script(args=[*self.presence.header(self.clock.now_ms()), msgpack.packb(payload)])
         return msgpack.unpackb(raw, raw=False)
 
-    def _url(self, request: web.Request, route: str, **query: str | None) -> str:
-        from urllib.parse import urlencode
+    def _base(self, request: web.Request) -> str:
+        return self.public_url or str(request.url.origin())
 
-        base = self.public_url or str(request.url.origin())
-        params = {k: v for k, v in query.items() if v is not None}
-        return f"{base}{BASE_PATH}{route}" + (f"?{urlencode(params)}" if params else "")
+    def _url(self, request: web.Request, route: str, **query: str | None) -> str:
+        return _at(self._base(request), route, **query)
 
     # -- the API views -----------------------------------------------------------------------------------
 
@@ -200,26 +203,47 @@ class Controls:
         assert target.agent is not None
         if target.agent == call.get("agent"):
             raise ControlError(400, "same_agent", "that agent already has this call", "agent")
-        done = await self.step({"op": "transfer_reserve", "sid": call_sid, "to": target.agent, "warm": target.warm,
-                                "from": holder})
+        routing = self.config.routing
+        done = await self.step({"op": "transfer_offer", "sid": call_sid, "to": target.agent, "warm": target.warm,
+                                "from": holder, "timeout_ms": routing.offer_timeout_s * 1000,
+                                "connect_ms": routing.connect_timeout_s * 1000, "base": self._base(request)})
         if not done.get("ok"):
             code = done.get("code", "refused")
             text = {"agent_busy": f"{target.agent} is not available (state: {done.get('state', 'unknown')})",
+                    "agent_ringing": f"{target.agent} is being offered another call; try again in a moment",
+                    "no_softphone": f"{target.agent}'s console cannot take calls right now (no working softphone)",
                     "transfer_pending": "a transfer of this call is already ringing",
+                    "call_queued": "this call is waiting in a queue; it can be transferred once an agent has it",
                     "call_ended": "this call has already ended"}.get(code, "the transfer was refused")
             raise ControlError(409, code, text)
+        return {"agent": target.agent, "warm": target.warm, "status": "offered", "offer_id": done["offer_id"],
+                "expires_ms": done["expires_ms"]}
+
+    async def transfer_accepted(self, offer_id: str, caller: str, agent: str) -> bool:
+        """The target accepted the transfer offer (routing/router.py answer): ring their client into the call's
+        conference with the offer id as a custom parameter, so their console answers the call it accepted.
+        True when it rings (the offer ended `accepted`)."""
+        conf, from_, raw = await self.redis.hmget(keys.call(caller), ["conf", "from", "xfer"])
+        xfer = _json_object(raw)
+        if xfer.get("offer") != offer_id:
+            log.info("transfer offer %s of %s was accepted after it ended; nothing to ring", offer_id, caller)
+            return False
+        base = str(xfer.get("base") or self.public_url or "")
         try:
             part = await self.rest.add_participant(
-                call.get("conf") or call_sid, to=rules.client_identity(target.agent), from_=call.get("from") or "callboard",
-                region=self.config.center.conference_region,
-                conference_status_callback=self._url(request, "conference-events", call=call_sid),
-                status_callback=self._url(request, "participant", call=call_sid, agent=target.agent, kind="transfer"),
-                timeout=TRANSFER_RING_S, end_conference_on_exit=False, beep="false", label=f"agent:{target.agent}")
-        except RestError:
-            await self.step({"op": "transfer_cancel", "sid": call_sid, "reason": "twilio_refused"})
-            raise
-        await self.step({"op": "transfer_ringing", "sid": call_sid, "part": part})
-        return {"agent": target.agent, "warm": target.warm, "status": "ringing", "participant": part}
+                _text(conf) or caller, to=f"{rules.client_identity(agent)}?offer_id={quote(offer_id)}",
+                from_=_text(from_) or "callboard", region=self.config.center.conference_region,
+                conference_status_callback=_at(base, "conference-events", call=caller),
+                status_callback=_at(base, "participant", call=caller, agent=agent, kind="transfer", offer=offer_id),
+                timeout=TRANSFER_RING_S, end_conference_on_exit=False, beep="false", label=f"agent:{agent}")
+        except RestError as exc:
+            log.warning("transfer offer %s: could not ring %s into %s (%s)", offer_id, agent, caller, exc)
+            await self._cancel_transfer(caller, offer_id)
+            return False
+        done = await self.step({"op": "transfer_connecting", "sid": caller, "offer": offer_id, "part": part})
+        if not done.get("ok"):  # ended meanwhile (the caller hung up): the participant's own end cleans up
+            log.info("transfer offer %s of %s ended while %s was being rung", offer_id, caller, agent)
+        return bool(done.get("ok"))
 
     async def monitor(self, request: web.Request, claims: Claims, call_sid: str, body: Any) -> dict[str, Any]:
         rules.check_mode("monitor", self.config.center.bridge)
@@ -321,7 +345,9 @@ class Controls:
                 call = await self._call(caller)
             except ControlError:  # not a call of ours (expired, or a forged query): nothing to undo
                 return
-            if call.get("leg") == part:  # the agent had the caller: their leg is over, wrap-up starts
+            if _text(await self.redis.hget(keys.agent_leg(part), "caller")) == caller:
+                # the agent had the caller (maybe handed it on since by a transfer): their leg is over,
+                # wrap-up starts; the caller stays where it is
                 await self.flow.record(CallEvent(STATUS, self.clock.now_ms(), {"sid": part, "agent": agent}))
                 return
             await release_offer(request, offer, caller, bridged=False)
@@ -370,15 +396,12 @@ class Controls:
 
     async def _owner_left(self, caller: str, leg: str, conf: str) -> None:
         """The agent who holds the call left and nobody takes over: end the caller's call, not leave it alone."""
-        try:
-            call = await self._call(caller)
-        except ControlError:
-            return
-        if call.get("end_ms") or call.get("wq") or leg != call.get("leg") or leg == caller:
-            return
-        pending = await self.redis.hexists(keys.call(caller), "xfer")
-        if pending:
-            return
+        done = await self.step({"op": "owner_left", "sid": caller, "leg": leg})
+        if done.get("action") == "complete":  # (with a transfer pending it waits: transfer_orphaned, below)
+            await self.transfer_orphaned(caller)
+
+    async def transfer_orphaned(self, caller: str) -> None:
+        """The caller is alone in its conference (its agent left, no transfer will take it): hang it up."""
         try:
             await self.rest.complete_call(caller)
         except RestError as exc:
@@ -398,21 +421,41 @@ class Controls:
             if status in END_STATUSES:
                 await self.step({"op": "monitor_end", "sid": caller, "part": part})
             return callflow_twiml.empty()
+        offer = request.query.get("offer", "")
+        if kind != "transfer" or not offer:
+            return callflow_twiml.empty()
         if status in ANSWERED_STATUSES:
-            done = await self.step({"op": "transfer_answered", "sid": caller, "part": part, "agent": agent})
-            if done.get("ok") and not done.get("warm") and done.get("prev_leg"):
+            done = await self.step({"op": "transfer_answered", "sid": caller, "part": part, "agent": agent,
+                                    "offer": offer})
+            if not done.get("ok"):
+                if _text(await self.redis.hget(keys.call(caller), "leg")) == part:
+                    return callflow_twiml.empty()  # Twilio said it twice: this leg took the call already
+                # the transfer ended first (its connect deadline, the caller leaving): the late answer must
+                # not hang on in the call as a stranger; the transfer was already reported as failed
+                log.info("transfer %s of %s answered by %s after it ended; removing them", offer, caller, agent)
+                try:  # its call, not its participant: Twilio may report the answer before it joins
+                    await self.rest.complete_call(part)
+                except RestError as exc:
+                    log.info("could not remove late participant %s of %s: %s", part, caller, exc)
+            elif not done.get("warm") and done.get("prev_leg"):
                 # cold: the first agent leaves as soon as the second answers
                 try:
                     await self.rest.remove_participant(await self._conference_of(caller), str(done["prev_leg"]))
                 except RestError as exc:
                     log.warning("cold transfer of %s: could not remove %s: %s", caller, done.get("prev_agent"), exc)
-        elif status in END_STATUSES:
-            cancelled = await self.step({"op": "transfer_cancel", "sid": caller, "part": part, "agent": agent,
-                                         "reason": status})
-            if not cancelled.get("ok"):
-                # the second agent had the call: their leg ended, as a softphone leg's status would say
-                await self.flow.record(CallEvent(STATUS, self.clock.now_ms(), {"sid": part, "agent": agent}))
+        elif status in END_STATUSES and not await self._cancel_transfer(caller, offer):
+            # not the pending transfer (rung after Accept, never answered): this agent's leg was answered and
+            # held the call at some point (maybe handed on since); it ended, as a softphone leg's status
+            # would say. For a leg that never took the call this changes nothing (no caller on the leg).
+            await self.flow.record(CallEvent(STATUS, self.clock.now_ms(), {"sid": part, "agent": agent}))
         return callflow_twiml.empty()
+
+    async def _cancel_transfer(self, caller: str, offer: str) -> bool:
+        """End the pending transfer `offer` of this caller as not connected; False if it is not pending."""
+        done = await self.step({"op": "transfer_cancel", "sid": caller, "offer": offer, "reason": "not_connected"})
+        if done.get("alone"):
+            await self.transfer_orphaned(caller)
+        return bool(done.get("ok"))
 
     async def _conference_of(self, caller: str) -> str:
         conf = await self.redis.hget(keys.call(caller), "conf")
@@ -442,6 +485,24 @@ class Controls:
 
     async def _hold_music(self, request: web.Request, form: MultiDictProxy[str]) -> str:
         return sp_twiml.hold_music(self.config.center.hold_music_url)
+
+
+def _at(base: str, route: str, **query: str | None) -> str:
+    """A callback URL under /twilio/voice/ on `base` (PUBLIC_URL, or the origin the request came to)."""
+    params = {k: v for k, v in query.items() if v is not None}
+    return f"{base.rstrip('/')}{BASE_PATH}{route}" + (f"?{urlencode(params)}" if params else "")
+
+
+def _text(value: bytes | str | None) -> str:
+    return value.decode() if isinstance(value, bytes) else (value or "")
+
+
+def _json_object(raw: bytes | str | None) -> dict[str, Any]:
+    try:
+        value = json.loads(raw) if raw else {}
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 async def _json_body(request: web.Request) -> Any:

@@ -7,22 +7,23 @@ the recorder are appended to cb:facts there too.
 
 Call hash fields added by the controls (keys.call(CallSid), next to callflow's): claim (the agent leg that
 claimed a waiting caller in conference mode), conf (ConferenceSid), hold_since (ms, while on hold), hold_ms
-(total), xfer (JSON of a transfer in progress: to, warm, from, part), transfers (JSON list), agents
+(total), xfer (JSON of a transfer to an agent in progress: to, warm, from, offer (its routing offer id),
+base (the public URL its callbacks use), part (the participant, once the offer is accepted)), transfers (JSON list), agents
 (JSON list of every agent who held the call), disposition, note, disp_by, monitor (supervisor participant
-CallSid), wq (the queue a transferred caller waits in).
+CallSid), wq (the queue a transferred caller waits in), orphan (the holder's leg, when it left while a transfer
+to an agent was pending: if that transfer fails, the caller is hung up).
 """
 
 from __future__ import annotations
 
-from callboard import keys
 from callflow.lua import CALL_HANDLED_HOOK
 from presence.lua import build_script
+from routing.lua import ROUTING_LIB
 
 # CONTROL — one control step.
 #   KEYS: none.  ARGV: the presence header, then ARGV[6] = msgpack {op, sid, ...} (see softphone/store.py).
 #   Returns msgpack {ok = true|false, code = reason when not ok, ...op results}.
 CONTROL_BODY = """
-local FACTS = '%(facts)s'
 local op = cmsgpack.unpack(ARGV[6])
 local sid = op.sid or ''
 local ck = k_call(sid)
@@ -32,7 +33,7 @@ local function fact(kind, fields)
   fields.type = kind
   fields.at_ms = NOW
   fields.call_sid = sid
-  redis.call('XADD', FACTS, '*', 'f', cjson.encode(fields))
+  redis.call('XADD', FACTS, '*', 'f', cjson.encode(fields))  -- FACTS: from ROUTING_LIB
 end
 
 local function notice(agent, msg)
@@ -130,47 +131,100 @@ elseif kind == 'disposition' then
     out.ok = true
   end
 
-elseif kind == 'transfer_reserve' then
+elseif kind == 'transfer_offer' then
+  -- a transfer to an agent is an offer (routing's offer hash, OFFER_AGENTS, OFFER_DUE, the `offer` entry):
+  -- checked and made here, with the call's xfer, in one atomic step
   local target = load_rec(op.to)
   if redis.call('HEXISTS', ck, 'end_ms') == 1 then
     out.code = 'call_ended'
-  elseif target.state ~= 'available' or (target.connections or 0) == 0 then
+  elseif redis.call('HEXISTS', ck, 'wq') == 1 then
+    out.code = 'call_queued'
+  elseif redis.call('HEXISTS', ck, 'xfer') == 1 then
+    out.code = 'transfer_pending'
+  elseif redis.call('HEXISTS', OFFER_AGENTS, op.to) == 1 then
+    out.code = 'agent_ringing'
+  elseif target.state ~= 'available' or (target.connections or 0) < 1 then
     out.code = 'agent_busy'
     out.state = target.state
-  elseif redis.call('HSETNX', ck, 'xfer', cjson.encode({to = op.to, warm = op.warm, from = op.from})) == 0 then
-    out.code = 'transfer_pending'
+  elseif not takes_calls(op.to, target) then
+    out.code = 'no_softphone'
   else
-    out.ok = true
+    local id = 'of' .. redis.call('INCR', OFFER_SEQ)
+    local due = NOW + op.timeout_ms
+    local f = redis.call('HMGET', ck, 'queue', 'from', 'enq_ms')
+    local queue = f[1] or ''
+    redis.call('HSET', k_offer(id), 'call', sid, 'agent', op.to, 'queue', queue, 'state', 'open', 'kind', 'transfer',
+               'from', op.from, 'warm', op.warm and '1' or '0', 'created_ms', NOW, 'due_ms', due,
+               'entered_ms', f[3] or NOW)
+    redis.call('PEXPIRE', k_offer(id), op.timeout_ms + op.connect_ms + 60000)
+    redis.call('HSET', OFFER_AGENTS, op.to, id)
+    redis.call('ZADD', OFFER_DUE, due, id)
+    redis.call('HSET', ck, 'xfer', cjson.encode({to = op.to, warm = op.warm, from = op.from, offer = id,
+                                                 base = op.base}))
+    local msg = {type = 'offer', kind = 'transfer', offer_id = id, call_sid = sid, queue = queue,
+                 from = f[2] or '', from_agent = op.from, warm = op.warm,
+                 waited_s = math.max(NOW - tonumber(f[3] or NOW), 0) / 1000, expires_ms = due,
+                 customers_json = redis.call('GET', k_caller(sid)) or ''}
+    redis.call('HSET', k_offer(id), 'msg', cmsgpack.pack(msg))  -- for a mirror that resyncs
+    emit('offer', op.to, msg)
+    fact('offer.created', {offer_id = id, agent = op.to, queue = queue, kind = 'transfer', from = op.from})
+    out.ok, out.offer_id, out.expires_ms = true, id, due
   end
 
-elseif kind == 'transfer_ringing' then
+elseif kind == 'transfer_connecting' then
+  -- the accepted transfer's participant was created: the offer ends `accepted` for the agent and the facts
+  -- (reservations kept until the participant answers or fails)
   local raw = redis.call('HGET', ck, 'xfer')
-  if raw then
-    local x = cjson.decode(raw)
+  local x = raw and cjson.decode(raw)
+  local o = load_offer(op.offer)
+  if x and x.offer == op.offer and o and o.state == 'accepting' then
+    redis.call('HSET', k_offer(o.id), 'state', 'connecting')
     x.part = op.part
     redis.call('HSET', ck, 'xfer', cjson.encode(x))
+    emit('offer_ended', o.agent, {type = 'offer_ended', offer_id = o.id, call_sid = sid, reason = 'accepted',
+                                 missed_offers = missed_today(o.agent)})
+    fact('offer.ended', {offer_id = o.id, agent = o.agent, result = 'accepted', reason = 'accepted', kind = 'transfer'})
     out.ok = true
+  else
+    out.code = 'stale'
   end
 
 elseif kind == 'transfer_cancel' then
+  -- the transfer's participant ended unanswered, or Twilio refused to create it
   local raw = redis.call('HGET', ck, 'xfer')
   local x = raw and cjson.decode(raw)
-  -- the participant's callbacks may overtake our own 'ringing' step: a transfer without a part yet is
-  -- matched by its target agent
-  if x and (op.part == nil or x.part == op.part or (x.part == nil and x.to == op.agent)) then
-    redis.call('HDEL', ck, 'xfer')
-    if x.from then notice(x.from, {type = 'transfer_failed', call_sid = sid, to = x.to, reason = op.reason}) end
-    out.ok = true
+  local o = load_offer(op.offer or '')
+  if x and x.offer == op.offer and o then
+    local reason = op.reason
+    if redis.call('HEXISTS', ck, 'end_ms') == 1 then reason = 'caller_left' end
+    out.alone = end_transfer(o, reason, o.state ~= 'connecting' and 'cancelled' or nil)
+    out.ok, out.reason = true, reason
   end
+
+elseif kind == 'owner_left' then
+  -- the holder's leg left the conference: with a transfer pending the caller waits for it (marked
+  -- `orphan`, so a transfer that then fails hangs the caller up: end_transfer); else the caller is alone now
+  local f = redis.call('HMGET', ck, 'end_ms', 'wq', 'leg')
+  if f[1] or f[2] or op.leg ~= f[3] or op.leg == sid then
+    out.action = 'none'
+  elseif redis.call('HEXISTS', ck, 'xfer') == 1 then
+    redis.call('HSET', ck, 'orphan', op.leg)
+    out.action = 'wait'
+  else
+    out.action = 'complete'
+  end
+  out.ok = true
 
 elseif kind == 'transfer_answered' then
   local raw = redis.call('HGET', ck, 'xfer')
   local x = raw and cjson.decode(raw)
-  if not x or (x.part ~= nil and x.part ~= op.part) or x.to ~= op.agent or redis.call('HEXISTS', ck, 'end_ms') == 1 then
+  if not x or x.offer ~= op.offer or x.to ~= op.agent or redis.call('HEXISTS', ck, 'end_ms') == 1 then
     out.code = 'stale'
   else
     local prev_agent, prev_leg = redis.call('HGET', ck, 'agent'), redis.call('HGET', ck, 'leg')
-    redis.call('HDEL', ck, 'xfer')
+    redis.call('HDEL', ck, 'xfer', 'orphan')
+    local o = load_offer(op.offer)
+    if o then end_offer(o, 'bridged', nil, false) end  -- released: the offer's reservations go with the answer
     take_over(op.agent, op.part)
     local list = agents_of(redis.call('HGET', ck, 'transfers'))
     list[#list + 1] = {from = x.from, to = op.agent, at_ms = NOW, warm = x.warm}
@@ -238,6 +292,7 @@ else
   out.code = 'bad_op'
 end
 return cmsgpack.pack(out)
-""" % {"facts": keys.facts()}
+"""
 
-CONTROL = build_script(CONTROL_BODY, CALL_HANDLED_HOOK)
+# routing's LIB is in scope: a transfer to an agent is one of its offers (end_offer, end_transfer, takes_calls)
+CONTROL = build_script(ROUTING_LIB + CONTROL_BODY, CALL_HANDLED_HOOK)

@@ -1,4 +1,5 @@
-// Offers in the agent console (routing, offer mode): an offer rings (on screen, and audibly once the page
+// Offers in the agent console (routing, offer mode; and transfers from a colleague, kind "transfer", with the
+// conference bridge in either routing mode): an offer rings (on screen, and audibly once the page
 // has had a user gesture, as browsers require), shows the caller and the customer matches, and has
 // Accept / Reject. After Accept, the incoming Voice SDK call that carries the same offer id (a custom
 // parameter of the <Client> dial) is answered automatically. A console without a working Voice SDK cannot
@@ -77,7 +78,12 @@ function renderOffer() {
   document.body.classList.toggle("offer-ringing", !!offer && !state.accepted);
   if (!offer) return;
   panel.dataset.offerId = offer.offer_id;
-  text("offer-title", t("Incoming call"));
+  panel.dataset.kind = offer.kind || "call";
+  // a transfer: a colleague hands on a call in progress (warm: they stay to talk to you first)
+  const transfer = offer.kind === "transfer";
+  text("offer-title", !transfer ? t("Incoming call")
+    : offer.warm ? t("Warm transfer from {agent}", { agent: offer.from_agent || "?" })
+      : t("Transfer from {agent}", { agent: offer.from_agent || "?" }));
   text("offer-from", offer.withheld ? t("Number withheld") : offer.from || t("unknown caller"));
   text("offer-queue", t("Queue {queue}", { queue: offer.queue }));
   text("offer-waited", t("waited {s} s", { s: Math.round(offer.waited_s || 0) }));
@@ -160,6 +166,8 @@ const ENDED_TEXT = {
   caller_left: "The caller hung up.",
   agent_unavailable: "Offer withdrawn: you are no longer available.",
   dequeue_failed: "The caller could not be connected; they will be offered again.",
+  not_connected: "The transferred call did not reach your softphone.",
+  connect_timeout: "The call was not connected in time.",
 };
 
 function onOffer(message) {

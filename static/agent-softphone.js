@@ -244,7 +244,7 @@ async function transfer() {
   const answer = await control("transfer", body);
   if (answer) {
     notice(kind === "queue" ? t("Transferred to the {queue} queue.", { queue: name })
-      : t("Ringing {agent}\u2026", { agent: name }));
+      : t("Offered to {agent}\u2026", { agent: name }));
   }
 }
 
@@ -274,7 +274,9 @@ function onMessage(message) {
   } else if (message.type === "monitor") {
     sp.monitor = message.active ? message : null;
   } else if (message.type === "transfer_failed") {
-    notice(t("{agent} did not take the transfer ({reason}).", { agent: message.to, reason: message.reason || "" }), "error");
+    const why = TRANSFER_FAILED[message.reason];
+    notice(why ? t(why, { agent: message.to })
+      : t("{agent} did not take the transfer ({reason}).", { agent: message.to, reason: message.reason || "" }), "error");
   }
   render();
 }
@@ -294,6 +296,15 @@ function onMe({ me, record, agents, queues }) {
   }
   render();
 }
+
+// transfer_failed reasons (the transfer offer's end); the caller is still with you in every case
+const TRANSFER_FAILED = {
+  rejected: "{agent} declined the transfer; the caller is still with you.",
+  missed: "{agent} did not answer the transfer in time; the caller is still with you.",
+  agent_unavailable: "{agent} is no longer available; the caller is still with you.",
+  caller_left: "The caller hung up before {agent} took the transfer.",
+  not_connected: "{agent}'s softphone did not connect; the caller is still with you.",
+};
 
 const MONITOR_TEXT = {
   listen: "{name} (supervisor) is listening to this call.",

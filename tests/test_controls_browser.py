@@ -22,7 +22,17 @@ from simulator.twilio_api import TwilioEmulator
 from tests.conftest import SECRET, TWILIO_TOKEN, make_config, token
 from tests.test_browser import http as browser_http
 from tests.test_browser import text_of, tid, wait_js
-from tests.test_controls import ACCOUNT, LONG_LEASES, Phone, _phone, online, state_of, until
+from tests.test_controls import (
+    ACCOUNT,
+    LONG_LEASES,
+    Phone,
+    _phone,
+    bridged,
+    online,
+    state_of,
+    until,
+    wait_message,
+)
 
 API_SECRET = "api-secret-for-the-browser-tests-0123456789"
 VOICE = {"twilio_api_key": "SK" + "2" * 32, "twilio_api_secret": API_SECRET, "twilio_twiml_app_sid": "AP" + "3" * 32}
@@ -122,7 +132,7 @@ async def test_conference_controls_from_the_console(browser: Any, make_instance:
     phone = await _voice_phone(make_instance, aiohttp_server, aiohttp_client, redis, bridge="conference",
                                conference_region="jp1")
     page = await _console(browser, phone, "alice")
-    await online(phone, "bob")
+    bob = (await online(phone, "bob"))["bob"]
     await wait_js(page, "() => document.querySelector('[data-testid=\"my-state\"]')?.textContent === 'Available'")
     caller = await phone.caller("+15557654321")
     await wait_js(page, "() => !document.querySelector('[data-testid=\"take-next\"]').disabled")
@@ -163,9 +173,15 @@ async def test_conference_controls_from_the_console(browser: Any, make_instance:
     await wait_js(page, "() => !document.querySelector('[data-testid=\"monitor-banner\"]').hidden")
     assert "boss" in await text_of(page, "monitor-banner") and "coaching" in await text_of(page, "monitor-banner")
 
-    # a cold transfer to bob: bob answers, alice is removed, her wrap-up panel asks for the disposition
+    # a cold transfer to bob: it is offered to him, he accepts and answers, alice is removed, her wrap-up
+    # panel asks for the disposition
     await page.select_option(tid("sp-transfer-target"), "agent:bob")
     await page.click(tid("sp-transfer"))
+    offer = await wait_message(bob, "offer")
+    assert offer["kind"] == "transfer" and offer["from_agent"] == "alice"
+    # (the offer can reach bob before the page has read the API's answer: wait for the notice)
+    await wait_js(page, "() => document.querySelector('[data-testid=\"sp-notice\"]').textContent === 'Offered to bob\u2026'")
+    await bob.send({"type": "accept", "offer_id": offer["offer_id"]})
     await until(lambda: _is_state(phone, "bob", "on-call"))
     await until(lambda: _is_state(phone, "alice", "wrap-up"))
     await wait_js(page, "() => !document.querySelector('[data-testid=\"wrapup\"]').hidden")
@@ -329,3 +345,44 @@ async def test_conference_offer_is_accepted_and_its_participant_call_answered_by
     conf = emu.conference_named(caller)
     assert conf is not None and conf.region == "jp1" and len(conf.participants) == 2
     assert errors == []
+
+
+async def test_a_transfer_rings_in_the_console_as_an_offer_and_accept_answers_its_call(
+        browser: Any, make_instance: Any, aiohttp_server: Any, aiohttp_client: Any, redis: Redis) -> None:
+    """Pull mode, conference bridge: alice (a websocket client) transfers her caller to bob, whose console
+    (the browser, SDK stand-in) shows "Transfer from alice", and whose Accept answers the participant call."""
+    phone = await _voice_phone(make_instance, aiohttp_server, aiohttp_client, redis, bridge="conference",
+                               conference_region="jp1")
+    phone.emu.softphones["bob"] = "wait"  # Twilio learns of the answer when the browser's SDK accepts (below)
+    page = await _console(browser, phone, "bob")
+    await wait_js(page, "() => document.querySelector('[data-testid=\"my-state\"]')?.textContent === 'Available'")
+    caller, leg, socks = await bridged(phone, "alice")
+    status, body = await phone.api(caller, "transfer", {"agent": "bob"}, tok=token("alice"))
+    assert status == 200 and body["status"] == "offered", body
+    # the ringing panel: who hands it on, the caller, Accept / Reject
+    await wait_js(page, "() => !document.querySelector('[data-testid=\"offer\"]').hidden")
+    assert await text_of(page, "offer-title") == "Transfer from alice"
+    assert await text_of(page, "offer-from") == "+15551230001"
+    assert await page.eval_on_selector(tid("offer"), "p => p.dataset.kind") == "transfer"
+    await page.click(tid("offer-accept"))
+    # Accept rang bob's client into the caller's conference with the offer id as a custom parameter
+    await until(lambda: _true(any(p.endswith("/Participants.json") for m, p, f in phone.emu.requests if m == "POST")), 10)
+    [create] = [f for m, p, f in phone.emu.requests if m == "POST" and p.endswith("/Participants.json")]
+    assert create["To"] == f"client:bob?offer_id={body['offer_id']}"
+    await wait_js(page, "() => document.querySelector('[data-testid=\"offer-status\"]').textContent.startsWith('Accepted')")
+    # Twilio rings the browser with that parameter: the console answers it without a second click
+    await page.evaluate("""(offerId) => {
+      const call = new window.__StandInCall({From: '+15551230001'});
+      call.customParameters = new Map([["offer_id", offerId]]);
+      window.__sdk.device.emit('incoming', call);
+    }""", body["offer_id"])
+    await wait_js(page, "() => window.__sdk.log.some(e => e[0] === 'accept')")
+    assert await page.locator(tid("sp-incoming")).is_hidden()
+    await phone.emu.answer("bob")  # Twilio's side of that answer: the participant's answered callback
+    await until(lambda: _is_state(phone, "bob", "on-call"))
+    await wait_js(page, "() => !document.querySelector('[data-testid=\"sp-controls\"]').hidden", timeout_s=10)
+    assert await page.locator(tid("offer")).is_hidden()
+    assert await text_of(page, "pop-from") == "+15551230001"
+    await until(lambda: _is_state(phone, "alice", "wrap-up"))  # cold: alice was removed
+    assert (await phone.call(caller))["agent"] == "bob"
+    assert page.errors == []

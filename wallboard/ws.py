@@ -149,7 +149,8 @@ class Session:
         if self.claims.role != "agent":
             raise WireError("forbidden", "only agents answer offers")
         if router is None:
-            raise WireError("not_offer_mode", "this center does not offer calls (routing mode is pull)")
+            raise WireError("not_offer_mode", "this center does not offer calls (routing mode is pull and calls "
+                                              "are bridged through a queue)")
         offer_id = msg.get("offer_id")
         if not isinstance(offer_id, str) or not 0 < len(offer_id) <= 64:
             raise WireError("bad_message", '"offer_id" must be the id of the offer you received')

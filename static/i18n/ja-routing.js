@@ -23,4 +23,8 @@ Object.assign((window.CB_JA = window.CB_JA || {}), {
   "The caller could not be connected; they will be offered again.": "発信者に接続できませんでした。改めて割り当てます。",
   "Not connected; try again.": "接続されていません。もう一度お試しください。",
   "Connected.": "接続しました。",
+  "Transfer from {agent}": "{agent} からの転送",
+  "Warm transfer from {agent}": "{agent} からの転送（先に相談）",
+  "The transferred call did not reach your softphone.": "転送された通話がソフトフォンにつながりませんでした。",
+  "The call was not connected in time.": "時間内に接続されませんでした。",
 });

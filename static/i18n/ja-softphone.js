@@ -31,7 +31,14 @@ Object.assign((window.CB_JA = window.CB_JA || {}), {
   "The caller is back.": "お客様の保留を解除しました。",
   "Call ended.": "通話が終了しました。",
   "Transferred to the {queue} queue.": "キュー {queue} に転送しました。",
-  "Ringing {agent}\u2026": "{agent} を呼び出し中\u2026",
+  "Offered to {agent}\u2026": "{agent} に転送を依頼中\u2026",
+  "{agent} declined the transfer; the caller is still with you.": "{agent} が転送を断りました。お客様との通話は続いています。",
+  "{agent} did not answer the transfer in time; the caller is still with you.":
+    "{agent} が時間内に転送に応答しませんでした。お客様との通話は続いています。",
+  "{agent} is no longer available; the caller is still with you.": "{agent} は対応できなくなりました。お客様との通話は続いています。",
+  "The caller hung up before {agent} took the transfer.": "{agent} が転送を受ける前にお客様が電話を切りました。",
+  "{agent}'s softphone did not connect; the caller is still with you.":
+    "{agent} のソフトフォンにつながりませんでした。お客様との通話は続いています。",
   "Wrap-up saved.": "後処理を保存しました。",
   "{agent} did not take the transfer ({reason}).": "{agent} は転送に応答しませんでした ({reason})。",
   "{name} (supervisor) is listening to this call.": "スーパーバイザー {name} がこの通話をモニターしています。",
