@@ -311,7 +311,10 @@ class CallFlow:
             self._spool_put(event)
             return None
         try:
-            applied = await asyncio.wait_for(self.store.apply(event), REDIS_WAIT_S)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for wraps the call in a task of its own (a
+            # second task and loop turn per webhook) and can swallow a cancellation that lands as it completes
+            async with asyncio.timeout(REDIS_WAIT_S):
+                applied = await self.store.apply(event)
         except (*_UNAVAILABLE, TimeoutError) as exc:
             self.metrics.redis_errors.inc()
             log.warning("Redis unavailable (%s): spooling call events", exc or type(exc).__name__)
