@@ -6,7 +6,7 @@ call (CALLER_SET) that also re-sends the screen pop when the caller was bridged 
 so the agent gets a first pop at once and a second one (same call_sid) with the customers. A database that
 is down or slow gives `customers: []` with `directory_unavailable: true` rather than no answer at all.
 
-Lookups are batched: what the webhooks queued within GATHER_S is looked up in one query on one connection
+Lookups are batched: what the webhooks queued within GATHER_S (50 ms) is looked up in one query on one connection
 (repo.by_phones) and stored in one Redis pipeline, by at most CONCURRENT_BATCHES tasks. A lookup per task,
 as before, cost a pool checkout, a query and a rollback for every call, each a thread hop on SQLite, in the
 process that answers the webhooks (docs/benchmarks.md, "Signed webhooks: the cause").
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 CALLER_TTL_MS = 12 * 3600 * 1000  # longer than any call; routing and the pop read it while the call lasts
 LOOKUP_TIMEOUT_S = 5.0  # then the pop says directory_unavailable instead of waiting on a stuck database
 MAX_PENDING = 500  # lookups in flight per instance; beyond this the database is not keeping up
-GATHER_S = 0.01  # a batch waits this long for the lookups of other calls arriving at the same time
+GATHER_S = 0.05  # a batch waits this long for other calls' lookups (a pop comes seconds later, at the bridge)
 BATCH = 100  # lookups per query
 CONCURRENT_BATCHES = 4  # batches in flight: a slow query does not hold every other lookup behind it
 

@@ -10,7 +10,19 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
-from sqlalchemy import and_, column, delete, func, insert, literal, literal_column, select, table, update
+from sqlalchemy import (
+    and_,
+    bindparam,
+    column,
+    delete,
+    func,
+    insert,
+    literal,
+    literal_column,
+    select,
+    table,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from customers import phones as ph
@@ -215,6 +227,14 @@ async def by_phone(conn: AsyncConnection, e164: str, *, notes_limit: int = POP_N
 
 
 POP_MATCHES = 20  # a line shared by more than 20 customers is not a person; the pop stays small
+_RANK = func.row_number().over(partition_by=customer_phones.c.e164,
+                               order_by=(customers.c.updated_ms.desc(), customers.c.id)).label("rank")
+_RANKED = (select(customer_phones.c.e164, customers.c.id, customers.c.name, customers.c.kana, customers.c.company,
+                  customers.c.owner, customers.c.team, customers.c.memo, _RANK)
+           .join(customers, customer_phones.c.customer_id == customers.c.id)
+           .where(customer_phones.c.e164.in_(bindparam("numbers", expanding=True)))).subquery()
+# built once: the caller lookup runs it for every batch of calls, and the construct's cache key is per object
+_BY_PHONES = select(_RANKED).where(_RANKED.c.rank <= POP_MATCHES).order_by(_RANKED.c.e164, _RANKED.c.rank)
 
 
 async def by_phones(conn: AsyncConnection, numbers: Iterable[str], *,
@@ -224,14 +244,7 @@ async def by_phones(conn: AsyncConnection, numbers: Iterable[str], *,
     out: dict[str, list[dict[str, Any]]] = {n: [] for n in wanted}
     if not wanted:
         return out
-    rank = func.row_number().over(partition_by=customer_phones.c.e164,
-                                  order_by=(customers.c.updated_ms.desc(), customers.c.id)).label("rank")
-    ranked = (select(customer_phones.c.e164, customers.c.id, customers.c.name, customers.c.kana,
-                     customers.c.company, customers.c.owner, customers.c.team, customers.c.memo, rank)
-              .join(customers, customer_phones.c.customer_id == customers.c.id)
-              .where(customer_phones.c.e164.in_(wanted))).subquery()
-    rows = list(await conn.execute(select(ranked).where(ranked.c.rank <= POP_MATCHES)
-                                   .order_by(ranked.c.e164, ranked.c.rank)))
+    rows = list(await conn.execute(_BY_PHONES, {"numbers": wanted}))
     notes_of: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         if r.id not in notes_of:
