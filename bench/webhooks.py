@@ -238,12 +238,24 @@ def _cpu_of(proc: psutil.Process) -> float:
     return t.user + t.system
 
 
+def _stalls(server: common.ServerProcess) -> tuple[float, float, float]:
+    """callboard's loop-stall probes: (all, late by <= 10 ms, late by <= 25 ms), from /metrics."""
+    text = server.get("/metrics").decode()
+
+    def sample(name: str) -> float:
+        line = next((x for x in text.splitlines() if x.startswith(name + " ")), None)
+        return float(line.split()[1]) if line else 0.0
+
+    base = "callboard_event_loop_stall_seconds"
+    return (sample(base + "_count"), sample(base + '_bucket{le="0.01"}'), sample(base + '_bucket{le="0.025"}'))
+
+
 def ladder(name: str, base: str, server_pid: int, concurrencies: list[int], step_s: float, client: str,
            processes: int, agents: list[tuple[str, str]], numbers: dict[str, str],
-           stop_over_ms: float | None) -> list[dict[str, Any]]:
+           stop_over_ms: float | None, server: common.ServerProcess | None = None) -> list[dict[str, Any]]:
     steps = []
     ctx = mp.get_context("fork")
-    server = psutil.Process(server_pid)
+    proc = psutil.Process(server_pid)
     for c in concurrencies:
         procs_n = 1 if client == "raw" else min(processes, c)
         results: mp.Queue = ctx.Queue()
@@ -254,11 +266,12 @@ def ladder(name: str, base: str, server_pid: int, concurrencies: list[int], step
                                                            results), daemon=True))
             first += share
         load_before = os.getloadavg()[0]
-        server_cpu0, t0 = _cpu_of(server), time.monotonic()
+        stalls0 = _stalls(server) if server is not None else None
+        server_cpu0, t0 = _cpu_of(proc), time.monotonic()
         for p in procs:
             p.start()
         outs = [results.get(timeout=step_s + 120) for _ in procs]
-        server_cpu, wall_server = _cpu_of(server) - server_cpu0, time.monotonic() - t0
+        server_cpu, wall_server = _cpu_of(proc) - server_cpu0, time.monotonic() - t0
         for p in procs:
             p.join(5)
         errs = [o["error"] for o in outs if "error" in o]
@@ -274,6 +287,10 @@ def ladder(name: str, base: str, server_pid: int, concurrencies: list[int], step
             "server_cpu_ms_per_req": round(server_cpu * 1000 / n, 3) if n else None,
             "client_cpu_share": round(sum(o["cpu_s"] for o in outs) / wall, 3), "client_processes": procs_n,
             "load_avg_1m": round(load_before, 2)}
+        if server is not None and stalls0 is not None:  # the loop probe's lateness during the step
+            probes, le10, le25 = (b - a for a, b in zip(stalls0, _stalls(server), strict=True))
+            step["loop_probes"], step["loop_late_over_10ms"], step["loop_late_over_25ms"] = \
+                int(probes), int(probes - le10), int(probes - le25)
         sample = next((o["error_sample"] for o in outs if o.get("error_sample")), None)
         if sample:
             step["error_sample"] = sample
@@ -322,9 +339,9 @@ def main() -> int:
     for aid, team, q in layout:  # one connected agent per queue: the queues are staffed
         staffers.setdefault(q, harness.ClientSpec("agent", aid, team, common.token(aid, "agent")))
 
-    def run_ladder(name: str, base: str, pid: int) -> list[dict[str, Any]]:
+    def run_ladder(name: str, base: str, pid: int, server: common.ServerProcess | None = None) -> list[dict[str, Any]]:
         return ladder(name, base, pid, concurrencies, args.step_duration, args.client, args.processes, agents,
-                      numbers, P99_LIMIT_MS)
+                      numbers, P99_LIMIT_MS, server)
 
     rounds: list[dict[str, Any]] = []
     with common.workdir("cb-bench-webhooks-") as wd:
@@ -337,7 +354,7 @@ def main() -> int:
                 fleet.start()
                 sampler = common.ProcSampler(server.pid)
                 try:
-                    steps = run_ladder("callboard", server.base, server.pid)
+                    steps = run_ladder("callboard", server.base, server.pid, server)
                 finally:
                     cpu = sampler.result()
                     fleet.stop()

@@ -54,6 +54,7 @@ BLOCK_MS = 1000  # how long an idle XREADGROUP waits for new facts
 # steady rate are written a few hundred at a time: the cost of a batch (the reads, claim, trim, gauges, the
 # transaction and its thread hops on SQLite) is nearly constant, and it shares the webhooks' process.
 GATHER_S = 0.25
+YIELD_EVERY = 20  # calls merged between two yields to the event loop (about a millisecond of work)
 SQL_CHUNK = 400  # call ids per IN (...) list (SQLite allows 32,766 bound parameters; kept well below)
 CLAIM_IDLE_MS = 30_000  # a fact pending this long with another consumer (a dead instance) is taken over
 RETRY_S = (0.5, 30.0)  # backoff while the database (or Redis) is away
@@ -256,7 +257,9 @@ class Recorder:
                     select(c.call_sid, c.record).where(c.call_sid.in_(chunk))))
             updates: list[dict[str, Any]] = []
             inserts: list[dict[str, Any]] = []
-            for sid in sids:
+            for i, sid in enumerate(sids):
+                if i and i % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)  # the merges of a large batch are CPU: let the webhooks in between
                 facts = [json.loads(b) for b in bodies[sid]]
                 record = merge_call(sid, facts)
                 if customers.get(sid) is not None:
