@@ -110,6 +110,7 @@ class CallerLookup:
         self._queue: deque[_Job] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
         self._draining = 0  # _drain tasks not yet past their last look at the queue
+        self._gathering = 0  # of those, the ones still waiting GATHER_S: a new lookup joins their batch
         self.done = 0  # finished lookups, for tests and logs
 
     def start(self, call_sid: str, caller: str, *, only_if_missing: bool = False) -> None:
@@ -122,8 +123,9 @@ class CallerLookup:
         job = _Job(call_sid, caller, only_if_missing, overloaded)
         self._pending[call_sid] = job
         self._queue.append(job)
-        if self._draining < CONCURRENT_BATCHES:
+        if self._gathering == 0 and self._draining < CONCURRENT_BATCHES:  # else a gathering batch takes it
             self._draining += 1
+            self._gathering += 1
             task = asyncio.create_task(self._drain(), name="caller-lookups")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -143,7 +145,10 @@ class CallerLookup:
 
     async def _drain(self) -> None:
         try:
-            await asyncio.sleep(GATHER_S)  # the webhooks of the next few ms join this batch
+            try:
+                await asyncio.sleep(GATHER_S)  # the webhooks of the next few ms join this batch
+            finally:
+                self._gathering -= 1
             while self._queue:
                 batch = [self._queue.popleft() for _ in range(min(len(self._queue), BATCH))]
                 try:

@@ -235,6 +235,19 @@ async def test_lookups_arriving_together_are_answered_together(center: Any, redi
         assert [c["id"] for c in stored["customers"]] == expected[call.caller], call.caller
         assert stored["withheld"] is (call.caller == "anonymous") and "directory_unavailable" not in stored
     assert 1 <= len(queries) < 18, f"{len(queries)} directory queries for 18 numbered callers"
+    # lookups started together (no await in between) are one batch: one query for twelve callers
+    event.listen(db.engine.sync_engine, "before_cursor_execute", seen)
+    try:
+        queries.clear()
+        for i in range(12):
+            lookup.start(sid(300 + i), CALLER if i % 2 else "+81 90 1111 2222")
+        await lookup.wait_idle()
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", seen)
+    assert len(queries) == 1, queries
+    for i in range(12):
+        stored = json.loads(await redis.get(keys.caller(sid(300 + i))))
+        assert [c["id"] for c in stored["customers"]] == [known["id"] if i % 2 else other["id"]]
     # the bridge's fallback lookup leaves an answer that is already there alone
     lookup.start(calls[0].sid, "+81399999999", only_if_missing=True)
     await lookup.wait_idle()
