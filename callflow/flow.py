@@ -153,6 +153,8 @@ class CallFlow:
     # -- the common path of every route -----------------------------------------------------------------
 
     def _view(self, route: str, handler: Handler) -> Callable[[web.Request], Awaitable[web.Response]]:
+        duration = self.metrics.webhook_duration.labels(route)  # once: labels() takes a lock and a lookup
+
         async def view(request: web.Request) -> web.Response:
             started = time.perf_counter()
             try:
@@ -171,7 +173,7 @@ class CallFlow:
                 return web.Response(status=500, text="Internal error; see the callboard log.",
                                     content_type="text/plain")
             finally:
-                self.metrics.webhook_duration.labels(route).observe(time.perf_counter() - started)
+                duration.observe(time.perf_counter() - started)
 
         view.__name__ = f"twilio_{route.replace('-', '_')}"
         return view
@@ -311,7 +313,10 @@ class CallFlow:
             self._spool_put(event)
             return None
         try:
-            applied = await asyncio.wait_for(self.store.apply(event), REDIS_WAIT_S)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for wraps the call in a task of its own (a
+            # second task and loop turn per webhook) and can swallow a cancellation that lands as it completes
+            async with asyncio.timeout(REDIS_WAIT_S):
+                applied = await self.store.apply(event)
         except (*_UNAVAILABLE, TimeoutError) as exc:
             self.metrics.redis_errors.inc()
             log.warning("Redis unavailable (%s): spooling call events", exc or type(exc).__name__)

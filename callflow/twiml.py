@@ -3,11 +3,16 @@
 Spoken system phrases (positions, apologies, errors) are English. They are spoken in the queue's voice when
 that voice speaks English, else in ENGLISH_VOICE, so an English sentence is never read by a Japanese voice.
 Greetings are the configured text, spoken in the queue's (else the center's) language and voice.
+
+The builders every call passes through are memoized (functools.lru_cache, bounded): they are pure, their
+arguments are a few strings per queue, agent and announced position, and building an ElementTree per request
+was a measurable part of a webhook's CPU (docs/benchmarks.md, "Signed webhooks: the cause").
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from twilio.twiml.voice_response import Dial, VoiceResponse
 
@@ -29,12 +34,14 @@ class Voice:
 
 
 ENGLISH = Voice(ENGLISH_LANGUAGE, ENGLISH_VOICE)
+CACHED = 4096  # distinct documents kept per builder (a few per queue, agent and position)
 
 
 def _say(response: VoiceResponse, text: str, voice: Voice) -> None:
     response.say(text, voice=voice.voice, language=voice.language)
 
 
+@lru_cache(maxsize=CACHED)
 def enqueue(queue: str, greeting: str, voice: Voice, action_url: str, wait_url: str) -> str:
     """Greet the caller and put the call in the queue; queue-result and wait are absolute POST URLs."""
     response = VoiceResponse()
@@ -44,6 +51,7 @@ def enqueue(queue: str, greeting: str, voice: Voice, action_url: str, wait_url: 
     return str(response)
 
 
+@lru_cache(maxsize=CACHED)
 def unstaffed(voice: Voice) -> str:
     """Nobody of the queue is signed in: say so and hang up."""
     response = VoiceResponse()
@@ -53,6 +61,7 @@ def unstaffed(voice: Voice) -> str:
     return str(response)
 
 
+@lru_cache(maxsize=CACHED)
 def wait(position: int | None, announce: bool, voice: Voice, hold_music_url: str | None, pause_s: int,
          next_url: str) -> str:
     """One turn of the hold loop: maybe the position, then music or a pause, then back to next_url.
@@ -73,6 +82,7 @@ def wait(position: int | None, announce: bool, voice: Voice, hold_music_url: str
     return str(response)
 
 
+@lru_cache(maxsize=CACHED)
 def dial_queue(queue: str, bridge_url: str) -> str:
     """The agent takes the next caller of `queue`; Twilio asks bridge_url just before connecting them."""
     response = VoiceResponse()
@@ -91,6 +101,7 @@ def dial_number(number: str, caller_id: str | None) -> str:
     return str(response)
 
 
+@lru_cache(maxsize=CACHED)
 def queue_result(outcome: str | None, voice: Voice) -> str:
     """What the caller hears after leaving the queue (after the agent hung up, for a bridged call)."""
     response = VoiceResponse()
@@ -102,6 +113,7 @@ def queue_result(outcome: str | None, voice: Voice) -> str:
     return str(response)
 
 
+@lru_cache(maxsize=CACHED)
 def spoken_error(message: str) -> str:
     """An English error for the person on the line, then hang up (e.g. an unknown agent)."""
     response = VoiceResponse()
@@ -110,6 +122,7 @@ def spoken_error(message: str) -> str:
     return str(response)
 
 
+@lru_cache(maxsize=CACHED)
 def empty() -> str:
     """A valid TwiML document that does nothing (bridge, status callbacks)."""
     return str(VoiceResponse())
@@ -130,6 +143,7 @@ def dial_client(agent: str, offer_id: str, bridge_url: str, action_url: str, rin
     return str(response)
 
 
+@lru_cache(maxsize=CACHED)
 def requeue(queue: str, voice: Voice, action_url: str, wait_url: str) -> str:
     """Routing: the dial to the agent did not connect; back into the queue (no greeting this time)."""
     response = VoiceResponse()
@@ -138,6 +152,7 @@ def requeue(queue: str, voice: Voice, action_url: str, wait_url: str) -> str:
     return str(response)
 
 
+@lru_cache(maxsize=CACHED)
 def hangup() -> str:
     response = VoiceResponse()
     response.hangup()

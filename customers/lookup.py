@@ -1,10 +1,15 @@
 """The caller lookup: at `incoming` (and again at `bridge` if it is missing) look the caller's number up in
 the directory, in the background, and leave the answer in Redis for the pop and the routing.
 
-The webhook never awaits this: it schedules a task and answers Twilio. The answer goes to Redis in one Lua
+The webhook never awaits this: it queues the lookup and answers Twilio. The answer goes to Redis in one Lua
 call (CALLER_SET) that also re-sends the screen pop when the caller was bridged before the lookup finished,
 so the agent gets a first pop at once and a second one (same call_sid) with the customers. A database that
 is down or slow gives `customers: []` with `directory_unavailable: true` rather than no answer at all.
+
+Lookups are batched: what the webhooks queued within GATHER_S (50 ms) is looked up in one query on one connection
+(repo.by_phones) and stored in one Redis pipeline, by at most CONCURRENT_BATCHES tasks. A lookup per task,
+as before, cost a pool checkout, a query and a rollback for every call, each a thread hop on SQLite, in the
+process that answers the webhooks (docs/benchmarks.md, "Signed webhooks: the cause").
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
@@ -31,6 +38,9 @@ log = logging.getLogger(__name__)
 CALLER_TTL_MS = 12 * 3600 * 1000  # longer than any call; routing and the pop read it while the call lasts
 LOOKUP_TIMEOUT_S = 5.0  # then the pop says directory_unavailable instead of waiting on a stuck database
 MAX_PENDING = 500  # lookups in flight per instance; beyond this the database is not keeping up
+GATHER_S = 0.05  # a batch waits this long for other calls' lookups (a pop comes seconds later, at the bridge)
+BATCH = 100  # lookups per query
+CONCURRENT_BATCHES = 4  # batches in flight: a slow query does not hold every other lookup behind it
 
 # CALLER_SET — store a lookup's answer; re-send the pop of that call if one is out without it.
 #   ARGV: the presence header (now, day, grace, wrap, stream maxlen), ARGV[6] CallSid, ARGV[7] the JSON
@@ -77,8 +87,16 @@ def caller_info(caller: str, customers: list[dict[str, Any]], config: Config, *,
     return info
 
 
+@dataclass(slots=True)
+class _Job:
+    call_sid: str
+    caller: str
+    only_if_missing: bool
+    overloaded: bool
+
+
 class CallerLookup:
-    """Schedules lookups (never awaited by a webhook), bounded per instance, cancelled at shutdown."""
+    """Queues lookups (never awaited by a webhook), answers them in batches, bounded per instance."""
 
     def __init__(self, db: Database | None, redis: Redis, presence: PresenceStore, config: Config,
                  clock: Clock) -> None:
@@ -88,7 +106,11 @@ class CallerLookup:
         self.config = config
         self.clock = clock
         self._script = redis.register_script(CALLER_SET)
-        self._pending: dict[str, asyncio.Task[None]] = {}
+        self._pending: dict[str, _Job] = {}  # queued or being looked up, by CallSid
+        self._queue: deque[_Job] = deque()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._draining = 0  # _drain tasks not yet past their last look at the queue
+        self._gathering = 0  # of those, the ones still waiting GATHER_S: a new lookup joins their batch
         self.done = 0  # finished lookups, for tests and logs
 
     def start(self, call_sid: str, caller: str, *, only_if_missing: bool = False) -> None:
@@ -98,13 +120,18 @@ class CallerLookup:
         overloaded = len(self._pending) >= MAX_PENDING
         if overloaded:
             log.warning("caller lookup: %d lookups in flight; %s gets directory_unavailable", MAX_PENDING, call_sid)
-        task = asyncio.create_task(self._run(call_sid, caller, only_if_missing, overloaded),
-                                   name=f"caller-lookup-{call_sid}")
-        self._pending[call_sid] = task
-        task.add_done_callback(lambda _t: self._pending.pop(call_sid, None))
+        job = _Job(call_sid, caller, only_if_missing, overloaded)
+        self._pending[call_sid] = job
+        self._queue.append(job)
+        if self._gathering == 0 and self._draining < CONCURRENT_BATCHES:  # else a gathering batch takes it
+            self._draining += 1
+            self._gathering += 1
+            task = asyncio.create_task(self._drain(), name="caller-lookups")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def stop(self) -> None:
-        tasks = list(self._pending.values())
+        tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -112,40 +139,94 @@ class CallerLookup:
     async def wait_idle(self) -> None:
         """Tests: wait for the lookups in flight."""
         while self._pending:
-            await asyncio.gather(*list(self._pending.values()), return_exceptions=True)
+            if not self._tasks:  # cannot happen (start() makes a task); never spin if it did
+                raise RuntimeError(f"{len(self._pending)} caller lookups pending and no task to do them")
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def _drain(self) -> None:
+        try:
+            try:
+                await asyncio.sleep(GATHER_S)  # the webhooks of the next few ms join this batch
+            finally:
+                self._gathering -= 1
+            while self._queue:
+                batch = [self._queue.popleft() for _ in range(min(len(self._queue), BATCH))]
+                try:
+                    await self._run(batch)
+                finally:
+                    for job in batch:
+                        self._pending.pop(job.call_sid, None)
+                    self.done += len(batch)
+        finally:
+            self._draining -= 1  # in the same step as the empty-queue check: start() then makes a new task
 
     async def lookup(self, caller: str, *, overloaded: bool = False) -> dict[str, Any]:
-        if ph.is_withheld(caller):
-            return caller_info(caller, [], self.config, withheld=True)
-        number = ph.try_normalize(caller, self.config.center.default_region)
-        if number is None:  # client:alice, a SIP URI, garbage: nobody in the directory has it
-            return caller_info(caller, [], self.config)
-        if overloaded or self.db is None or not self.db.migrated:
-            return caller_info(caller, [], self.config, unavailable=True)
+        return (await self.lookup_many([caller], overloaded=overloaded))[0]
+
+    async def lookup_many(self, callers: list[str], *, overloaded: bool = False) -> list[dict[str, Any]]:
+        """The cb:caller answer for each caller, with one directory query for all of them."""
+        answers: list[dict[str, Any] | None] = []
+        numbers: dict[int, str] = {}
+        for i, caller in enumerate(callers):
+            if ph.is_withheld(caller):
+                answers.append(caller_info(caller, [], self.config, withheld=True))
+                continue
+            number = ph.try_normalize(caller, self.config.center.default_region)
+            if number is None:  # client:alice, a SIP URI, garbage: nobody in the directory has it
+                answers.append(caller_info(caller, [], self.config))
+            else:
+                answers.append(None)
+                numbers[i] = number
+        if numbers:
+            found: dict[str, list[dict[str, Any]]] | None = None
+            if not (overloaded or self.db is None or not self.db.migrated):
+                found = await self._query(sorted(set(numbers.values())))
+            for i, number in numbers.items():
+                answers[i] = caller_info(callers[i], [], self.config, unavailable=True) if found is None \
+                    else caller_info(callers[i], found[number], self.config)
+        return [a for a in answers if a is not None]
+
+    async def _query(self, numbers: list[str]) -> dict[str, list[dict[str, Any]]] | None:
+        """{number: customers}, or None when the directory did not answer (down, slow, broken)."""
+        assert self.db is not None
         try:
             async with asyncio.timeout(LOOKUP_TIMEOUT_S):
                 async with self.db.connect() as conn:
-                    found = await repo.by_phone(conn, number)
+                    return await repo.by_phones(conn, numbers)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - a boundary: any database failure means "unavailable"
-            log.warning("caller lookup of %s: directory unavailable (%r)", number, exc)
-            return caller_info(caller, [], self.config, unavailable=True)
-        return caller_info(caller, found, self.config)
+            log.warning("caller lookup of %d number(s): directory unavailable (%r)", len(numbers), exc)
+            return None
 
-    async def _run(self, call_sid: str, caller: str, only_if_missing: bool, overloaded: bool) -> None:
+    async def _run(self, batch: list[_Job]) -> None:
         try:
-            if only_if_missing and await self.redis.exists(keys.caller(call_sid)):
+            fallback = [j for j in batch if j.only_if_missing]
+            if fallback:  # the bridge's lookup: only where no answer is stored yet
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for j in fallback:
+                        pipe.exists(keys.caller(j.call_sid))
+                    stored = {j.call_sid for j, n in zip(fallback, await pipe.execute(), strict=True) if n}
+                batch = [j for j in batch if j.call_sid not in stored]
+            answers: list[tuple[_Job, dict[str, Any]]] = []
+            for overloaded in (False, True):  # an overloaded lookup never touches the database
+                jobs = [j for j in batch if j.overloaded is overloaded]
+                if jobs:
+                    infos = await self.lookup_many([j.caller for j in jobs], overloaded=overloaded)
+                    answers += zip(jobs, infos, strict=True)
+            if not answers:
                 return
-            info = await self.lookup(caller, overloaded=overloaded)
-            payload = json.dumps(info, ensure_ascii=False, separators=(",", ":"))
-            await self._script(args=[*self.presence.header(self.clock.now_ms()), call_sid, payload,
-                                     CALLER_TTL_MS, "1" if only_if_missing else "0"])
+            header = self.presence.header(self.clock.now_ms())
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for job, info in answers:
+                    payload = json.dumps(info, ensure_ascii=False, separators=(",", ":"))
+                    await self._script(args=[*header, job.call_sid, payload, CALLER_TTL_MS,
+                                             "1" if job.only_if_missing else "0"], client=pipe)
+                await pipe.execute()
         except asyncio.CancelledError:
             raise
         except (RedisError, OSError) as exc:
-            log.warning("caller lookup for %s not stored: Redis unavailable (%s); its pop has no customers", call_sid, exc)
+            log.warning("caller lookup for %d call(s) not stored: Redis unavailable (%s); their pops have no customers",
+                        len(batch), exc)
         except Exception:
-            log.exception("caller lookup for %s failed", call_sid)
-        finally:
-            self.done += 1
+            log.exception("caller lookup for %d call(s) failed", len(batch))

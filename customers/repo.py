@@ -10,7 +10,19 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
-from sqlalchemy import and_, column, delete, func, insert, literal, literal_column, select, table, update
+from sqlalchemy import (
+    and_,
+    bindparam,
+    column,
+    delete,
+    func,
+    insert,
+    literal,
+    literal_column,
+    select,
+    table,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from customers import phones as ph
@@ -211,17 +223,34 @@ def _contains(word: str, dialect: str) -> Any:
 
 async def by_phone(conn: AsyncConnection, e164: str, *, notes_limit: int = POP_NOTES) -> list[dict[str, Any]]:
     """Pop entries of every customer whose phones hold `e164`: most recently updated first."""
-    rows = list(await conn.execute(
-        select(customers.c.id, customers.c.name, customers.c.kana, customers.c.company, customers.c.owner,
-               customers.c.team, customers.c.memo)
-        .join(customer_phones, customer_phones.c.customer_id == customers.c.id)
-        .where(customer_phones.c.e164 == e164)
-        .order_by(customers.c.updated_ms.desc(), customers.c.id)
-        .limit(20)))  # a line shared by more than 20 customers is not a person; the pop stays small
-    out = []
+    return (await by_phones(conn, [e164], notes_limit=notes_limit))[e164]
+
+
+POP_MATCHES = 20  # a line shared by more than 20 customers is not a person; the pop stays small
+_RANK = func.row_number().over(partition_by=customer_phones.c.e164,
+                               order_by=(customers.c.updated_ms.desc(), customers.c.id)).label("rank")
+_RANKED = (select(customer_phones.c.e164, customers.c.id, customers.c.name, customers.c.kana, customers.c.company,
+                  customers.c.owner, customers.c.team, customers.c.memo, _RANK)
+           .join(customers, customer_phones.c.customer_id == customers.c.id)
+           .where(customer_phones.c.e164.in_(bindparam("numbers", expanding=True)))).subquery()
+# built once: the caller lookup runs it for every batch of calls, and the construct's cache key is per object
+_BY_PHONES = select(_RANKED).where(_RANKED.c.rank <= POP_MATCHES).order_by(_RANKED.c.e164, _RANKED.c.rank)
+
+
+async def by_phones(conn: AsyncConnection, numbers: Iterable[str], *,
+                    notes_limit: int = POP_NOTES) -> dict[str, list[dict[str, Any]]]:
+    """by_phone for several numbers in one query (the caller lookup's batches): {e164: pop entries}."""
+    wanted = sorted(set(numbers))
+    out: dict[str, list[dict[str, Any]]] = {n: [] for n in wanted}
+    if not wanted:
+        return out
+    rows = list(await conn.execute(_BY_PHONES, {"numbers": wanted}))
+    notes_of: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
-        out.append({"id": r.id, "name": r.name, "kana": r.kana, "company": r.company, "owner": r.owner,
-                    "team": r.team, "memo": r.memo, "notes": await notes(conn, r.id, limit=notes_limit)})
+        if r.id not in notes_of:
+            notes_of[r.id] = await notes(conn, r.id, limit=notes_limit)
+        out[r.e164].append({"id": r.id, "name": r.name, "kana": r.kana, "company": r.company, "owner": r.owner,
+                            "team": r.team, "memo": r.memo, "notes": list(notes_of[r.id])})
     return out
 
 

@@ -33,7 +33,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
-from sqlalchemy import delete, func, select, text
+from sqlalchemy import bindparam, delete, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -50,6 +50,12 @@ log = logging.getLogger("callboard.records")
 GROUP = "recorder"
 BATCH = 500  # facts per SQL transaction: large enough to drain a backlog fast, small enough to commit quickly
 BLOCK_MS = 1000  # how long an idle XREADGROUP waits for new facts
+# After a batch smaller than BATCH the loop waits this long before reading again, so facts arriving at a
+# steady rate are written a few hundred at a time: the cost of a batch (the reads, claim, trim, gauges, the
+# transaction and its thread hops on SQLite) is nearly constant, and it shares the webhooks' process.
+GATHER_S = 0.25
+YIELD_EVERY = 20  # calls merged between two yields to the event loop (about a millisecond of work)
+SQL_CHUNK = 400  # call ids per IN (...) list (SQLite allows 32,766 bound parameters; kept well below)
 CLAIM_IDLE_MS = 30_000  # a fact pending this long with another consumer (a dead instance) is taken over
 RETRY_S = (0.5, 30.0)  # backoff while the database (or Redis) is away
 PRUNE_EVERY_S = 3600.0
@@ -162,6 +168,8 @@ class Recorder:
                     log.warning("recorder: retention prune failed (%s); next hour", exc)
             if n == 0:
                 await asyncio.sleep(0)  # XREADGROUP already blocked; just yield
+            elif n < BATCH:
+                await asyncio.sleep(GATHER_S)  # let the next batch gather (a full one means a backlog: no wait)
 
     async def ensure_group(self) -> None:
         if self._group_ready:
@@ -234,17 +242,39 @@ class Recorder:
         async with self.db.begin() as conn:
             await _insert_ignore(conn, self.db, schema.call_facts, call_rows)
             await _insert_ignore(conn, self.db, schema.agent_states, state_rows)
-            for sid in sids:
-                if self.db.is_postgres:
+            if self.db.is_postgres:
+                for sid in sids:  # in sorted order, after the facts are inserted (see the module docstring)
                     await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:sid))"), {"sid": sid})
-                bodies = (await conn.execute(select(schema.call_facts.c.body)
-                                             .where(schema.call_facts.c.call_sid == sid))).scalars().all()
-                record = merge_call(sid, [json.loads(b) for b in bodies])
+            # every touched call's facts and stored record in a few statements, not several per call
+            bodies: dict[str, list[str]] = defaultdict(list)
+            stored: dict[str, str] = {}
+            for chunk in _chunks(sids, SQL_CHUNK):
+                f = schema.call_facts.c
+                for sid, body in await conn.execute(select(f.call_sid, f.body).where(f.call_sid.in_(chunk))):
+                    bodies[sid].append(body)
+                c = schema.calls.c
+                stored.update((sid, rec) for sid, rec in await conn.execute(
+                    select(c.call_sid, c.record).where(c.call_sid.in_(chunk))))
+            updates: list[dict[str, Any]] = []
+            inserts: list[dict[str, Any]] = []
+            for i, sid in enumerate(sids):
+                if i and i % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)  # the merges of a large batch are CPU: let the webhooks in between
+                facts = [json.loads(b) for b in bodies[sid]]
+                record = merge_call(sid, facts)
                 if customers.get(sid) is not None:
                     record["customers"] = customers[sid]
-                await self._upsert_call(conn, record)
+                row = self._call_row(record, facts, stored.get(sid))
+                (updates if sid in stored else inserts).append(row)
                 if record["final"]:
                     finals.append(record)
+            if updates:  # one executemany; bind names differ from the column names, as SQLAlchemy requires
+                c = schema.calls.c
+                await conn.execute(schema.calls.update().where(c.call_sid == bindparam("b_call_sid"))
+                                   .values({k: bindparam("b_" + k) for k in updates[0] if k != "call_sid"}),
+                                   [{"b_" + k: v for k, v in r.items()} for r in updates])
+            if inserts:
+                await conn.execute(schema.calls.insert(), inserts)
         self.written.inc(len(entries))
         states = [(r["fact_id"], {"agent": r["agent"], "state": r["state"], "reason": r["reason"],
                                   "prev_state": r["prev_state"], "at_ms": r["at_ms"]}) for r in state_rows]
@@ -266,19 +296,17 @@ class Recorder:
                 if isinstance(found, list) else None
         return out
 
-    async def _upsert_call(self, conn: AsyncConnection, record: dict[str, Any]) -> None:
+    def _call_row(self, record: dict[str, Any], facts: list[dict[str, Any]], stored: str | None) -> dict[str, Any]:
+        """The calls row of a merged record."""
         center = self.config.center
-        c = schema.calls.c
         started = record["entered_ms"]
-        if started is None:
-            started = (await conn.execute(select(func.min(schema.call_facts.c.at_ms))
-                                          .where(schema.call_facts.c.call_sid == record["call_sid"]))).scalar() or 0
-        if record["customers"] == []:
+        if started is None:  # the first fact's time (the merge saw every stored fact of this call)
+            started = min((at_ms_of(f) for f in facts), default=0)
+        if record["customers"] == [] and stored:
             # keep customers found earlier (the lookup key expires after 12 h; a late fact must not erase them)
-            old = (await conn.execute(select(c.record).where(c.call_sid == record["call_sid"]))).scalar()
-            if old:
-                record["customers"] = json.loads(old).get("customers") or []
-        row = {
+            record["customers"] = json.loads(stored).get("customers") or []
+        return {
+            "call_sid": record["call_sid"],
             "started_ms": started,
             "day": day_key(record["entered_ms"], center.timezone, center.reset_time) if record["entered_ms"] else None,
             "from_number": _col(record["from"], 64),
@@ -290,9 +318,6 @@ class Recorder:
             "wrap_ms": ms(record["wrap_up_s"]), "handle_ms": ms(record["handle_s"]), "final": record["final"],
             "record": json.dumps(record, ensure_ascii=False, separators=(",", ":")), "updated_ms": int(time.time() * 1000),
         }
-        updated = await conn.execute(schema.calls.update().where(c.call_sid == record["call_sid"]).values(**row))
-        if updated.rowcount == 0:
-            await conn.execute(schema.calls.insert().values(call_sid=record["call_sid"], **row))
 
     async def notify(self, finals: list[dict[str, Any]], states: list[tuple[str, dict[str, Any]]]) -> None:
         """Outgoing webhooks for what was just written (idempotent: ids come from what each event is about)."""
@@ -375,6 +400,11 @@ async def _insert_ignore(conn: AsyncConnection, db: Database, table: Any, rows: 
     else:
         from sqlalchemy.dialects.sqlite import insert
     await conn.execute(insert(table).on_conflict_do_nothing(), rows)
+
+
+def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
 
 
 def facts_by_call(facts: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:

@@ -71,8 +71,11 @@ class Database:
             directory.mkdir(parents=True, exist_ok=True)
             url = default_sqlite_url(directory)
         parsed = normalize_url(url)
-        kw: dict[str, Any] = {"pool_pre_ping": True}
+        kw: dict[str, Any] = {}
         if parsed.get_backend_name() == "postgresql":
+            # a server can drop idle connections; a SQLite file cannot, and its ping was one more thread hop
+            # (aiosqlite) on every checkout, in the process that answers the webhooks
+            kw["pool_pre_ping"] = True
             kw["connect_args"] = {"timeout": PG_CONNECT_TIMEOUT_S, "command_timeout": PG_COMMAND_TIMEOUT_S}
             kw["pool_size"] = 10
             kw["max_overflow"] = 10

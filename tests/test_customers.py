@@ -160,6 +160,20 @@ async def test_one_number_several_customers_in_the_pop(db: Database) -> None:
                       "memo": "prefers email", "notes": []}
 
 
+
+async def test_several_numbers_in_one_query_as_each_alone(db: Database) -> None:
+    """repo.by_phones (the caller lookup's batches) answers every number as by_phone would, 20 at most each."""
+    shared = [await _add(db, now=1000 + i, name=f"Tenant {i}", phones=["03-5555-0000"]) for i in range(22)]
+    both = await _add(db, now=5000, name="Both", phones=["03-1234-5678", "03-5555-0000"])
+    await _add(db, name="Other", phones=["090-1111-2222"])
+    numbers = ["+81355550000", "+81312345678", "+81399999999"]
+    async with db.connect() as conn:
+        batch = await repo.by_phones(conn, numbers + ["+81312345678"])
+        alone = {n: await repo.by_phone(conn, n) for n in numbers}
+    assert batch == alone
+    assert [c["id"] for c in batch["+81355550000"]] == [both] + shared[::-1][:19]  # newest first, 20 of 23
+    assert [c["id"] for c in batch["+81312345678"]] == [both] and batch["+81399999999"] == []
+
 # -- the API, through a real instance -----------------------------------------------------------------------
 
 

@@ -203,3 +203,52 @@ async def test_the_webhook_answers_while_a_hanging_database_is_still_being_asked
         for writer in held:
             writer.close()
         await hanging.dispose()
+
+
+async def test_lookups_arriving_together_are_answered_together(center: Any, redis: Redis, db: Database) -> None:
+    """Thirty signed incomings at once: every caller's answer is right, found in fewer queries than callers."""
+    from sqlalchemy import event
+
+    server, client, ws = center
+    known = await _customer(client, name="Sato", phones=["03-1234-5678"])
+    other = await _customer(client, name="Suzuki", phones=["090-1111-2222"])
+    queries: list[str] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "customer_phones" in statement:
+            queries.append(statement)
+
+    event.listen(db.engine.sync_engine, "before_cursor_execute", seen)
+    try:
+        twilio = FakeTwilio(client, TWILIO_TOKEN)
+        callers = [CALLER, "+81 90 1111 2222", "anonymous", "+81355550000", "client:alice"] * 6
+        calls = [Call(twilio, 100 + i, caller=c) for i, c in enumerate(callers)]
+        await asyncio.gather(*(c.incoming() for c in calls))
+        lookup = server.app[CALLER_LOOKUP]
+        await lookup.wait_idle()
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", seen)
+    expected = {CALLER: [known["id"]], "+81 90 1111 2222": [other["id"]], "anonymous": [], "+81355550000": [],
+                "client:alice": []}
+    for call in calls:
+        stored = json.loads(await redis.get(keys.caller(call.sid)))
+        assert [c["id"] for c in stored["customers"]] == expected[call.caller], call.caller
+        assert stored["withheld"] is (call.caller == "anonymous") and "directory_unavailable" not in stored
+    assert 1 <= len(queries) < 18, f"{len(queries)} directory queries for 18 numbered callers"
+    # lookups started together (no await in between) are one batch: one query for twelve callers
+    event.listen(db.engine.sync_engine, "before_cursor_execute", seen)
+    try:
+        queries.clear()
+        for i in range(12):
+            lookup.start(sid(300 + i), CALLER if i % 2 else "+81 90 1111 2222")
+        await lookup.wait_idle()
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", seen)
+    assert len(queries) == 1, queries
+    for i in range(12):
+        stored = json.loads(await redis.get(keys.caller(sid(300 + i))))
+        assert [c["id"] for c in stored["customers"]] == [known["id"] if i % 2 else other["id"]]
+    # the bridge's fallback lookup leaves an answer that is already there alone
+    lookup.start(calls[0].sid, "+81399999999", only_if_missing=True)
+    await lookup.wait_idle()
+    assert [c["id"] for c in json.loads(await redis.get(keys.caller(calls[0].sid)))["customers"]] == [known["id"]]

@@ -60,3 +60,24 @@ def test_public_url_with_a_proxy_path_prefix() -> None:
 def test_without_public_url_the_request_url_is_used() -> None:
     assert signed_url(None, "/twilio/voice/incoming", "http://127.0.0.1:8080/twilio/voice/incoming") == \
         "http://127.0.0.1:8080/twilio/voice/incoming"
+
+
+def test_the_exact_url_first_changes_no_verdict() -> None:
+    """check_signature tries the rebuilt URL with one HMAC before the library's two; the verdicts stay its own."""
+    from twilio.request_validator import RequestValidator
+
+    settings_sha256 = "key=webhooks_sharedkey_x,algorithm=HMAC_SHA256"
+    settings_unknown = "key=webhooks_sharedkey_x,algorithm=HMAC_SHA512"
+    urls = ["https://cb.example.com/twilio/voice/wait?queue=a&pos=1", "https://cb.example.com:443/twilio/voice/wait",
+            "http://127.0.0.1:8080/twilio/voice/incoming", "https://cb.example.com:8443/twilio/voice/incoming"]
+    validator = RequestValidator(TOKEN)
+    for url in urls:
+        for signed in urls:
+            for settings in (None, settings_sha256):
+                algorithm = "HMAC_SHA256" if settings else None
+                sig = validator.compute_signature(signed, PARAMS, algorithm)
+                expected = validator.validate(url, PARAMS, sig, algorithm=algorithm)
+                assert (check_signature(TOKEN, url, PARAMS, sig, settings) is None) is expected, (url, signed, settings)
+        # an algorithm the library does not know is refused, even with a signature valid in SHA-1
+        assert check_signature(TOKEN, url, PARAMS, sign(TOKEN, url, PARAMS), settings_unknown) == BAD_SIGNATURE
+        assert check_signature(TOKEN, url, PARAMS, "not base64 ☃") == BAD_SIGNATURE
