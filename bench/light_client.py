@@ -245,9 +245,11 @@ class Absorber:
     ERROR_CODE = re.compile(rb'"code":"([^"]*)"')
 
     def __init__(self, clients: list[WsClient], burst: int, duration_s: float, burst_wait_s: float,
-                 final_wait_s: float, one_write: bool = False) -> None:
+                 final_wait_s: float, one_write: bool = False, rate: float | None = None) -> None:
         self.burst, self.burst_wait_s, self.one_write = burst, burst_wait_s, one_write
         self.clients = [c for c in clients if c.kind == "agent"]
+        self.period_s = len(self.clients) * burst / rate if rate else 0.0
+        self.started_at: dict[WsClient, float] = {}
         self.sent = 0
         self.stalls = 0
         self.lags_ms: list[float] = []
@@ -279,6 +281,7 @@ class Absorber:
             frames.append(client_frame(0x1, b'{"type":"set_state","state":"away","reason":"n%d"}' % k))
         self.k[c] = self.want[c] = k
         self.sent += self.burst
+        self.started_at[c] = time.monotonic()
         if c.transport is not None and not c.transport.is_closing():
             if self.one_write:
                 c.transport.write(b"".join(frames))
@@ -314,6 +317,12 @@ class Absorber:
     def _next(self, c: WsClient, now: float, *, shown: bool) -> None:
         if (now >= self.stop_at and shown) or now >= self.final_deadline:
             self._finish(c, shown)
+            return
+        self.sent_at.pop(c, None)
+        # --rate: each agent starts a burst at most every agents * burst / rate seconds (still closed loop)
+        wait = self.started_at.get(c, 0.0) + self.period_s - now
+        if wait > 0 and now < self.stop_at:
+            asyncio.get_running_loop().call_later(wait, self._send_burst, c)
         else:
             self._send_burst(c)
 
@@ -363,7 +372,8 @@ async def main() -> None:
         await reader.readline()  # "go"
         cpu1, t1 = _cpu_s(), time.monotonic()
         fleet.absorber = Absorber(fleet.clients, absorb["burst"], absorb["duration_s"], absorb["burst_wait_s"],
-                                  absorb["final_wait_s"], absorb.get("one_write", False))
+                                  absorb["final_wait_s"], absorb.get("one_write", False),
+                                  absorb.get("rate"))
         await fleet.absorber.run()
         cpu2, t2 = _cpu_s(), time.monotonic()
         fleet.close_all()

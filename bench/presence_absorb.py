@@ -167,7 +167,8 @@ def _run_light(server: common.ServerProcess, specs: list[harness.ClientSpec], ar
     spec = {"host": "127.0.0.1", "port": server.port, "concurrency": 200,
             "clients": [[s.kind, s.id, s.token] for s in specs],
             "absorb": {"burst": args.burst, "duration_s": args.duration, "burst_wait_s": BURST_WAIT_S,
-                       "final_wait_s": FINAL_WAIT_S, "one_write": args.one_write}}
+                       "final_wait_s": FINAL_WAIT_S, "one_write": args.one_write,
+                       "rate": args.rate}}
     try:
         client.stdin.write(json.dumps(spec) + "\n")
         client.stdin.flush()
@@ -257,13 +258,16 @@ def main() -> int:
                              "fleet of --processes aiohttp processes")
     parser.add_argument("--one-write", action="store_true",
                         help="light client: write each burst's frames in one write (one segment) instead of one each")
+    parser.add_argument("--rate", type=float, default=None,
+                        help="light client: offer at most this many intents/s in all (paced bursts, still closed "
+                             "loop), to compare server CPU per intent at the same load; default: flat out")
     parser.add_argument("--tick-ms", type=int, default=25, help="the server's [server] tick_ms (default 25, the server's)")
     parser.add_argument("--smoke", action="store_true", help="200 agents, 3 s")
     args = parser.parse_args()
     if args.smoke:
         args.agents, args.duration, args.processes = 200, 3.0, 1
     load = {"agents": args.agents, "burst": args.burst, "duration_s": args.duration, "client": args.client, "one_write": args.one_write,
-            "client_processes": 1 if args.client == "light" else args.processes, "tick_ms": args.tick_ms,
+            "rate": args.rate, "client_processes": 1 if args.client == "light" else args.processes, "tick_ms": args.tick_ms,
             "team_size": args.team_size, "queues": args.queues, "smoke": args.smoke,
             "nofile": common.raise_nofile(), "machine": common.machine()}
     layout = common.center_layout(args.agents, args.queues, args.team_size)

@@ -141,8 +141,8 @@ class Session:
             raise WireError(code, messages.rejection(code)["message"])
         if seq is not None and (not isinstance(seq, int) or isinstance(seq, bool)):
             raise WireError("bad_message", '"seq" must be an integer')
-        future = self.services.batcher.submit(target, Intent(kind=SET, actor=role, state=state, reason=reason, seq=seq))
-        future.add_done_callback(self._report)
+        self.services.batcher.offer(target, Intent(kind=SET, actor=role, state=state, reason=reason, seq=seq),
+                                    self._report)
 
     def _answer_offer(self, msg: dict[str, Any], *, accept: bool) -> None:
         router = self.services.routing
@@ -181,11 +181,9 @@ class Session:
         elif task.result():
             self.sub.send_now(messages.error("no_offer", "that offer is no longer open (it ended or is not yours)"))
 
-    def _report(self, future: asyncio.Future[str | None]) -> None:
-        if future.cancelled() or self.sub.closed:
-            return
-        code = future.result()
-        if code:
+    def _report(self, code: str | None) -> None:
+        """The batcher's answer to one of this socket's intents: only a refusal is sent (the delta is the ack)."""
+        if code and not self.sub.closed:
             self.send(messages.rejection(code))
 
 
