@@ -22,7 +22,7 @@ ACCEPTED = [
     '{"type":"x","a":"\\u0000\\u2028é"}',
     '[1,2]',
     '"text"',
-    '{"type":"set_state","state":"away","reason":"lunch"}'.encode(),
+    b'{"type":"set_state","state":"away","reason":"lunch"}',
     '{"type":"set_state","state":"away"}'.encode("utf-16"),  # json.loads detects UTF-16; orjson does not
 ]
 
