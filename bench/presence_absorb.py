@@ -29,6 +29,7 @@ import json
 import multiprocessing as mp
 import os
 import queue as queue_mod
+import resource
 import subprocess
 import sys
 import time
@@ -77,6 +78,7 @@ async def _main(base_ws: str, specs: list[harness.ClientSpec], duration_s: float
     last: dict[str, str] = {}
     final_seen: dict[str, float] = {}
     t_start = time.time()
+    cpu_start = _cpu_s()
     stop_at = loop.time() + duration_s
 
     def reader(c: harness.Conn, sent_at: dict[int, float], seen: asyncio.Event, want: list[int]) -> Any:
@@ -155,7 +157,12 @@ async def _main(base_ws: str, specs: list[harness.ClientSpec], duration_s: float
     return {"lags": lags, "sent": sent_total, "last": last, "t_start": t_start, "t_sent": t_sent,
             "t_final": max(final_seen.values()) if final_seen else None, "final_seen": len(final_seen),
             "stalls": stalls,
-            "errors": errors}
+            "errors": errors, "cpu_s": _cpu_s() - cpu_start, "wall_s": time.time() - t_start}
+
+
+def _cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def _run_light(server: common.ServerProcess, specs: list[harness.ClientSpec], args: argparse.Namespace,
@@ -197,7 +204,7 @@ def _run_light(server: common.ServerProcess, specs: list[harness.ClientSpec], ar
 
 def _run_aiohttp(server: common.ServerProcess, specs: list[harness.ClientSpec], args: argparse.Namespace,
                  between: Any) -> dict[str, Any]:
-    """The older fleet: --processes aiohttp client processes (their CPU is not measured)."""
+    """The older fleet: --processes aiohttp client processes (their CPU summed: cpu_share 1.0 is a core)."""
     base_ws = "ws" + server.base[4:]
     ctx = mp.get_context("fork")
     results: mp.Queue = ctx.Queue()
@@ -242,7 +249,8 @@ def _run_aiohttp(server: common.ServerProcess, specs: list[harness.ClientSpec], 
             "drain_after_stop_s": round(t_final - t_sent, 2) if t_final else None,
             "lags_s": [x for o in outs for x in o["lags"]], "last": last,
             "stalls": sum(o["stalls"] for o in outs), "errors": errors, "all_seen": all_seen,
-            "client": {"kind": f"aiohttp ({args.processes} processes)", "cpu_share": "not measured"}}
+            "client": {"kind": f"aiohttp ({args.processes} processes)", "cpu_s": round(sum(o["cpu_s"] for o in outs), 3),
+                       "cpu_share": round(sum(o["cpu_s"] / max(o["wall_s"], 1e-6) for o in outs), 3)}}
 
 
 def main() -> int:
