@@ -56,3 +56,18 @@ def test_nesting_is_still_held_to_the_limit() -> None:
 def test_a_big_seq_keeps_its_integer_for_the_bad_seq_answer() -> None:
     msg = decode('{"type":"set_state","state":"away","seq":100000000000000000000}')
     assert msg["seq"] == 10**20 and type(msg["seq"]) is int
+
+
+def test_msgpack_frames_are_held_to_the_same_nesting_limit() -> None:
+    import msgpack
+
+    flat = {"type": "set_state", "state": "away", "reason": "lunch", "seq": 3, "x": None, "y": True}
+    assert decode(msgpack.packb(flat)) == flat
+    nested: object = {"type": "x"}
+    for _ in range(MAX_NESTING):
+        nested = {"type": "x", "in": nested}
+    with pytest.raises(WireError) as caught:
+        decode(msgpack.packb(nested))
+    assert "nested too deeply" in caught.value.message
+    with pytest.raises(WireError):
+        decode(msgpack.packb([1, 2]))  # not an object with a "type"
