@@ -15,6 +15,9 @@ Run by bench/fanout.py (`--client light`, the default). As a program it reads on
 once every socket has opened (or failed), waits for a line "stop" on stdin, and prints {"event": "result"}.
 With "protocol": "pusher" and "path": "/app/<key>?protocol=7" it speaks Pusher's protocol instead (the
 peer in bench/peer_soketi.py): the third member of each client is then the channel it subscribes to.
+With "absorb": {"burst", "duration_s", "burst_wait_s", "final_wait_s"} (bench/presence_absorb.py) it waits
+for a line "go" instead, runs the agents' closed loop of set_state intents (see `Absorber`) and prints the
+result when the last agent is done.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import resource
 import struct
 import sys
 import time
+from typing import Any
 
 PREFIX = b"bench:"
 # Optional backslashes: Pusher carries event data as a JSON string inside the JSON frame (escaped quotes).
@@ -46,7 +50,11 @@ def client_frame(opcode: int, payload: bytes) -> bytes:
         header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
     else:
         header = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
-    return header + mask + bytes(b ^ mask[i & 3] for i, b in enumerate(payload))
+    if not n:
+        return header + mask
+    # XOR as one big integer: a per-byte Python loop cost more client CPU than the server spent on the frame
+    keystream = int.from_bytes((mask * (n // 4 + 1))[:n], "big")
+    return header + mask + (int.from_bytes(payload, "big") ^ keystream).to_bytes(n, "big")
 
 
 class Stats:
@@ -131,6 +139,9 @@ class WsClient(asyncio.Protocol):
                 if payload.startswith(b'{"type":"snapshot"') or b"pusher_internal:subscription_succeeded" in payload:
                     self.ready.set_result(True)
                 return
+            if self.fleet.absorber is not None:
+                self.fleet.absorber.frame(self, payload)
+                return
             if not (payload.startswith(DELTA_HEADS) or b'"event":"delta"' in payload[:80]):  # Pusher: any key order
                 if payload.startswith(b'{"event":"pusher:ping"'):
                     self.transport.write(client_frame(0x1, b'{"event":"pusher:pong","data":{}}'))  # type: ignore[union-attr]
@@ -174,6 +185,7 @@ class Fleet:
         self.clients: list[WsClient] = []
         self.failed: list[str] = []
         self.stopping = False
+        self.absorber: Absorber | None = None  # presence_absorb's closed loop of intents, when it runs
 
     async def open(self, kind: str, ident: str, token: str) -> WsClient:
         loop = asyncio.get_running_loop()
@@ -223,6 +235,117 @@ class Fleet:
                 c.transport.close()
 
 
+class Absorber:
+    """bench/presence_absorb.py's load: every agent sends `burst` set_state intents back to back (one write),
+    waits until the burst's last one shows in its own deltas, and goes again, for `duration_s`; then it keeps
+    going until its last burst shows (at most `final_wait_s`). A burst not shown in `burst_wait_s` (refused,
+    say `not_connected`) counts as a stall and the agent goes on. Lags are send -> delta of a burst's last
+    intent. A burst is written frame by frame (one write each) unless `one_write`. No task per agent: the next burst is written from the frame that showed the last one."""
+
+    ERROR_CODE = re.compile(rb'"code":"([^"]*)"')
+
+    def __init__(self, clients: list[WsClient], burst: int, duration_s: float, burst_wait_s: float,
+                 final_wait_s: float, one_write: bool = False, rate: float | None = None) -> None:
+        self.burst, self.burst_wait_s, self.one_write = burst, burst_wait_s, one_write
+        self.clients = [c for c in clients if c.kind == "agent"]
+        self.period_s = len(self.clients) * burst / rate if rate else 0.0
+        self.started_at: dict[WsClient, float] = {}
+        self.sent = 0
+        self.stalls = 0
+        self.lags_ms: list[float] = []
+        self.errors: dict[str, int] = {}
+        self.k: dict[WsClient, int] = {}
+        self.want: dict[WsClient, int] = {}
+        self.sent_at: dict[WsClient, float] = {}
+        self.shown_last: dict[WsClient, bool] = {}
+        self.final_seen: dict[str, float] = {}
+        self.own = {c: re.compile(rb'"' + c.ident.encode() + rb'":\{[^{}]*?"reason":"n(\d+)"') for c in self.clients}
+        self.t_start = time.monotonic()
+        self.stop_at = self.t_start + duration_s
+        self.final_deadline = self.stop_at + final_wait_s
+        self.done = asyncio.get_running_loop().create_future()
+        self.active = len(self.clients)
+
+    def start(self) -> None:
+        for c in self.clients:
+            self.k[c] = 0
+            self._send_burst(c)
+        if not self.clients:
+            self.done.set_result(None)
+
+    def _send_burst(self, c: WsClient) -> None:
+        k = self.k[c]
+        frames = []
+        for _ in range(self.burst):
+            k += 1
+            frames.append(client_frame(0x1, b'{"type":"set_state","state":"away","reason":"n%d"}' % k))
+        self.k[c] = self.want[c] = k
+        self.sent += self.burst
+        self.started_at[c] = time.monotonic()
+        if c.transport is not None and not c.transport.is_closing():
+            if self.one_write:
+                c.transport.write(b"".join(frames))
+            else:  # each intent its own write (and, on an idle socket, its own segment), as a browser sends them
+                for f in frames:
+                    c.transport.write(f)
+        self.sent_at[c] = time.monotonic()
+
+    def _finish(self, c: WsClient, shown: bool) -> None:
+        self.sent_at.pop(c, None)
+        if shown:
+            self.final_seen[c.ident] = time.monotonic()
+        self.active -= 1
+        if not self.active and not self.done.done():
+            self.done.set_result(None)
+
+    def frame(self, c: WsClient, payload: bytes) -> None:
+        if payload.startswith(b'{"type":"error"'):
+            m = self.ERROR_CODE.search(payload)
+            code = m.group(1).decode() if m else "?"
+            self.errors[code] = self.errors.get(code, 0) + 1
+            return
+        own = self.own.get(c)
+        if own is None or c not in self.sent_at:
+            return
+        m = own.search(payload)
+        if m is None or int(m.group(1)) < self.want[c]:
+            return
+        now = time.monotonic()
+        self.lags_ms.append((now - self.sent_at[c]) * 1000)
+        self._next(c, now, shown=True)
+
+    def _next(self, c: WsClient, now: float, *, shown: bool) -> None:
+        if (now >= self.stop_at and shown) or now >= self.final_deadline:
+            self._finish(c, shown)
+            return
+        self.sent_at.pop(c, None)
+        # --rate: each agent starts a burst at most every agents * burst / rate seconds (still closed loop)
+        wait = self.started_at.get(c, 0.0) + self.period_s - now
+        if wait > 0 and now < self.stop_at:
+            asyncio.get_running_loop().call_later(wait, self._send_burst, c)
+        else:
+            self._send_burst(c)
+
+    async def run(self) -> None:
+        self.start()
+        while not self.done.done():
+            await asyncio.sleep(0.1)
+            now = time.monotonic()
+            for c, at in list(self.sent_at.items()):
+                if now - at > self.burst_wait_s:
+                    self.stalls += 1
+                    self._next(c, now, shown=False)
+        self.t_end = max(self.final_seen.values()) if self.final_seen else None
+
+    def result(self) -> dict[str, Any]:
+        return {"sent": self.sent, "lags_ms": self.lags_ms, "stalls": self.stalls, "errors": self.errors,
+                "last": {c.ident: f"n{self.k[c]}" for c in self.clients},
+                "final_seen": len(self.final_seen), "agents": len(self.clients),
+                "send_window_s": round(min(time.monotonic(), self.stop_at) - self.t_start, 3),
+                "accepted_window_s": round(self.t_end - self.t_start, 3) if self.t_end else None,
+                "drain_after_stop_s": round(self.t_end - self.stop_at, 3) if self.t_end else None}
+
+
 def _cpu_s() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
@@ -244,6 +367,21 @@ async def main() -> None:
     fleet.stats.own_ms.clear()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    absorb = spec.get("absorb")
+    if absorb is not None:  # bench/presence_absorb.py: "go", the closed loop of intents, then the result
+        await reader.readline()  # "go"
+        cpu1, t1 = _cpu_s(), time.monotonic()
+        fleet.absorber = Absorber(fleet.clients, absorb["burst"], absorb["duration_s"], absorb["burst_wait_s"],
+                                  absorb["final_wait_s"], absorb.get("one_write", False),
+                                  absorb.get("rate"))
+        await fleet.absorber.run()
+        cpu2, t2 = _cpu_s(), time.monotonic()
+        fleet.close_all()
+        print(json.dumps({"event": "result", **fleet.absorber.result(), "pings_answered": fleet.stats.pings,
+                          "close_codes": fleet.stats.closes, "reconnects": fleet.stats.reconnects,
+                          "client_cpu_s": round(cpu2 - cpu1, 3),
+                          "client_cpu_share": round((cpu2 - cpu1) / max(t2 - t1, 1e-6), 3)}), flush=True)
+        return
     await reader.readline()  # "stop"
     cpu2, t2 = _cpu_s(), time.monotonic()
     fleet.close_all()

@@ -8,7 +8,7 @@ the rules that a reader needs.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 AVAILABLE, ON_CALL, WRAP_UP, AWAY, OFFLINE = "available", "on-call", "wrap-up", "away", "offline"
 STATES = (AVAILABLE, ON_CALL, WRAP_UP, AWAY, OFFLINE)
@@ -59,8 +59,11 @@ class AgentRecord:
                 "connections": self.connections, "seq": self.seq, "call": self.call}
 
 
-@dataclass(frozen=True, slots=True)
-class Intent:
+class Intent(NamedTuple):
+    """What someone wants to happen to one agent's record. A NamedTuple, not a frozen dataclass: every state
+    change from a socket builds one, and a frozen dataclass's __init__ (object.__setattr__ per field) cost
+    twice as much at 20,000 intents/s; immutable either way."""
+
     kind: str
     actor: str = "system"
     state: str | None = None

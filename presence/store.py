@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 from redis.asyncio import Redis
@@ -16,9 +15,9 @@ from presence.rules import AgentRecord, Intent, Settings
 _RECORD_FIELDS = set(AgentRecord.__dataclass_fields__)
 
 
-@dataclass(frozen=True, slots=True)
-class Addressed:
-    """An intent for one agent; connect/disconnect also name the connection and its instance."""
+class Addressed(NamedTuple):
+    """An intent for one agent; connect/disconnect also name the connection and its instance (a NamedTuple:
+    one is built per flushed intent, see presence.rules.Intent)."""
 
     agent_id: str
     intent: Intent
@@ -103,10 +102,18 @@ class PresenceStore:
 def _wire(item: Addressed) -> dict[str, Any]:
     it = item.intent
     data: dict[str, Any] = {"a": item.agent_id, "kind": it.kind, "actor": it.actor}
-    for name, value in (("state", it.state), ("reason", it.reason), ("call", it.call), ("seq", it.seq),
-                        ("conn", item.conn), ("inst", item.instance)):
-        if value is not None:
-            data[name] = value
+    if it.state is not None:
+        data["state"] = it.state
+    if it.reason is not None:
+        data["reason"] = it.reason
+    if it.call is not None:
+        data["call"] = it.call
+    if it.seq is not None:
+        data["seq"] = it.seq
+    if item.conn is not None:
+        data["conn"] = item.conn
+    if item.instance is not None:
+        data["inst"] = item.instance
     return data
 
 

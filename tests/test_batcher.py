@@ -108,3 +108,34 @@ async def test_the_ops_budget_spaces_flushes(redis) -> None:  # type: ignore[no-
     # 20 ops/s: at most one flush per 50 ms (plus the first one), however many intents arrived
     assert batcher.stats.flushes <= elapsed * 20 + 2
     assert batcher.stats.submitted > 10 * batcher.stats.flushes
+
+
+async def test_offer_tells_every_intent_its_fate_exactly_once(redis) -> None:  # type: ignore[no-untyped-def]
+    """The sockets' path: a callback per intent, no Future. Superseded and applied hear None, refused hear
+    their code, a bad seq is refused at once, and a reply that raises stops nobody else's intents."""
+    store = _store(redis)
+    await _connect_all(store, ["on1", "on2"])
+    batcher = Batcher(store, Clock())
+    batcher.start()
+    heard: dict[str, list[str | None]] = {}
+
+    def reply_for(name: str):  # type: ignore[no-untyped-def]
+        return lambda code: heard.setdefault(name, []).append(code)
+
+    def broken(code: str | None) -> None:
+        raise RuntimeError("a bug in one socket's reply")
+
+    batcher.offer("on1", Intent(kind=SET, actor="agent", state=AWAY, reason="first"), reply_for("first"))
+    batcher.offer("on1", Intent(kind=SET, actor="agent", state=AWAY, reason="second"), reply_for("second"))
+    batcher.offer("ghost", Intent(kind=SET, actor="agent", state=AWAY), reply_for("ghost"))
+    batcher.offer("on2", Intent(kind=SET, actor="agent", state=AWAY, reason="x"), broken)
+    batcher.offer("on2", Intent(kind=SET, actor="agent", state=AWAY, reason="y", seq=2**60), reply_for("bad"))
+    assert heard == {"first": [None], "bad": ["bad_seq"]}  # superseded and refused-at-once: told already
+    await asyncio.wait_for(batcher.drain(), 10)
+    batcher.offer("on2", Intent(kind=SET, actor="agent", state=AWAY, reason="after"), reply_for("after"))
+    await asyncio.wait_for(batcher.drain(), 10)
+    await batcher.stop()
+    assert heard == {"first": [None], "second": [None], "ghost": ["not_connected"], "bad": ["bad_seq"],
+                     "after": [None]}
+    stored = await store.read_agents()
+    assert (stored["on1"].reason, stored["on2"].reason) == ("second", "after")

@@ -50,6 +50,8 @@ async def test_agents_get_clear_errors_for_mistakes(make_instance) -> None:  # t
         ({"type": "set_state", "state": "on-call"}, "forbidden_state"),
         ({"type": "set_state", "state": "away", "agent": "bob"}, "forbidden"),
         ({"type": "set_state", "state": "sleeping"}, "bad_state"),
+        ({"type": "set_state", "state": "away", "seq": True}, "bad_message"),
+        ({"type": "set_state", "state": "away", "seq": 10**20}, "bad_seq"),  # beyond 64 bits: still an integer
         ({"type": "dance"}, "unknown_type"),
     ]
     for message, code in cases:
@@ -77,6 +79,12 @@ async def test_supervisors_set_any_agent_and_wallboards_see_everything(make_inst
     await alice.wait_for(lambda s: s["agents"]["alice"].get("reason") == "coaching")
     await wall.send({"type": "set_state", "agent": "alice", "state": "available"})
     assert (await wall.recv())["code"] == "forbidden"
+    for unknown in ({"agent": "mallory"}, {}, {"agent": 7}):
+        await boss.send({"type": "set_state", "state": "away", **unknown})
+        reply = await boss.recv()
+        while reply["type"] != "error":
+            reply = await boss.recv()
+        assert reply["code"] == "unknown_agent", unknown
     for client in (alice, wall, boss):
         await client.close()
 

@@ -120,18 +120,20 @@ class Follower:
 
     def _apply(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
         changes = Changes()
+        apply_entry, unpackb = self.mirror.apply_entry, msgpack.unpackb
         for entry_id, fields in entries:
             kind = fields[b"k"].decode()
             ident = fields[b"id"].decode()
             try:
-                data = msgpack.unpackb(fields[b"d"], raw=False)
+                data = unpackb(fields[b"d"], raw=False)
             except (ValueError, msgpack.ExtraData) as exc:
-                log.error("undecodable change %s (%s %s): %s", entry_id, kind, ident, exc)
+                log.error("undecodable change %s (%s %s): %s", entry_id.decode(), kind, ident, exc)
                 continue
             if not isinstance(data, dict):
                 data = {}
-            self.mirror.apply_entry(kind, ident, data, changes)
-            self.last_id = entry_id.decode()
+            apply_entry(kind, ident, data, changes)
+        if entries:  # synchronous from here to there: only the last id is ever read
+            self.last_id = entries[-1][0].decode()
         self.last_entry_ms = _id_tuple(self.last_id)[0]
         self.applied_lag_s = max(self.clock.now_ms() - self.last_entry_ms, 0) / 1000
         if changes:

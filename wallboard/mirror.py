@@ -63,10 +63,13 @@ class Mirror:
             self._count(entry, +1)
 
     def _count(self, entry: dict[str, Any], delta: int) -> None:
-        for queue in entry["queues"]:
+        self._count_state(entry["queues"], entry["state"], delta)
+
+    def _count_state(self, queues: list[str], state: str, delta: int) -> None:
+        for queue in queues:
             counts = self._counts.get(queue)
             if counts is not None:
-                counts[entry["state"]] += delta
+                counts[state] += delta
 
     def apply_entry(self, kind: str, ident: str, data: dict[str, Any], changes: Changes) -> None:
         """Apply one change-stream entry. Entries carry absolute values, so re-applying one is harmless."""
@@ -74,7 +77,7 @@ class Mirror:
             entry = self.agents.get(ident)
             if entry is None:
                 return
-            self._count(entry, -1)
+            was = entry["state"]
             # cmsgpack drops nil fields: a presence field absent from the entry is null. Fields other rooms
             # keep in the entry (routing's `ringing`, `missed_offers`) are not presence's to clear.
             for name in PUBLIC_AGENT_FIELDS:
@@ -85,7 +88,9 @@ class Mirror:
                     entry[name] = value
             if entry["state"] not in STATES:
                 entry["state"] = OFFLINE
-            self._count(entry, +1)
+            if entry["state"] != was:  # the per-queue counts move only when the state does (most entries: not)
+                self._count_state(entry["queues"], was, -1)
+                self._count_state(entry["queues"], entry["state"], +1)
             changes.agents.add(ident)
             changes.queues.update(entry["queues"])
         elif kind == "queue":

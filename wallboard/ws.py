@@ -128,21 +128,24 @@ class Session:
 
     def _set_state(self, msg: dict[str, Any]) -> None:
         role, sub = self.claims.role, self.claims.sub
-        target = msg.get("agent", sub if role == "agent" else None)
-        if role == "wallboard":
-            raise WireError("forbidden", "a wallboard token cannot change states")
-        if role == "agent" and target != sub:
-            raise WireError("forbidden", "agents may only change their own state")
-        if not isinstance(target, str) or self.services.config.agent(target) is None:
-            raise WireError("unknown_agent", 'name a known agent in "agent"')
+        if role == "agent":  # the hot path: an agent's own console
+            target = msg.get("agent", sub)
+            if target != sub:
+                raise WireError("forbidden", "agents may only change their own state")
+            # known: messages.topics_for refused an agent missing from the config before the session existed
+        else:
+            target = msg.get("agent")
+            if role == "wallboard":
+                raise WireError("forbidden", "a wallboard token cannot change states")
+            if not isinstance(target, str) or self.services.config.agent(target) is None:
+                raise WireError("unknown_agent", 'name a known agent in "agent"')
         state, reason, seq = msg.get("state"), msg.get("reason"), msg.get("seq")
         code = validate_set(role, state, reason)
         if code:
             raise WireError(code, messages.rejection(code)["message"])
-        if seq is not None and (not isinstance(seq, int) or isinstance(seq, bool)):
+        if seq is not None and (type(seq) is not int):  # bool is an int subclass, and no seq
             raise WireError("bad_message", '"seq" must be an integer')
-        future = self.services.batcher.submit(target, Intent(kind=SET, actor=role, state=state, reason=reason, seq=seq))
-        future.add_done_callback(self._report)
+        self.services.batcher.offer(target, Intent(SET, role, state, reason, None, seq), self._report)
 
     def _answer_offer(self, msg: dict[str, Any], *, accept: bool) -> None:
         router = self.services.routing
@@ -182,11 +185,9 @@ class Session:
         elif task.result():
             self.sub.send_now(messages.error("no_offer", "that offer is no longer open (it ended or is not yours)"))
 
-    def _report(self, future: asyncio.Future[str | None]) -> None:
-        if future.cancelled() or self.sub.closed:
-            return
-        code = future.result()
-        if code:
+    def _report(self, code: str | None) -> None:
+        """The batcher's answer to one of this socket's intents: only a refusal is sent (the delta is the ack)."""
+        if code and not self.sub.closed:
             self.send(messages.rejection(code))
 
 
