@@ -121,6 +121,7 @@ class Services:
     database_misconfigured: str | None = None
     routing: Router | None = None  # offer mode only (routing/router.py)
     twilio_rest: TwilioRest | None = None  # the instance's one Twilio REST client (routing/twilio_rest.py)
+    loop_watch: Any = None  # wallboard.runtime.LoopWatch, while the app runs
     pinger: Any = None  # wallboard.wsconn.Pinger: the heartbeat of every websocket (made at the first one)
     _tokens: Any = field(default=None, repr=False)
 
