@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPTS = ["presence_absorb", "fanout", "peer_fanout", "snapshot", "webhooks", "conn_objects", "routing", "records"]
+SCRIPTS = ["presence_absorb", "fanout", "peer_fanout", "snapshot", "webhooks", "conn_objects", "routing", "records",
+           "ws_floor"]
 
 
 def _bench_redis_url(bench_redis_url: str | None) -> str:
