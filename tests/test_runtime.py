@@ -55,6 +55,24 @@ def test_start_up_stalls_leave_the_maximum_when_the_instance_starts_serving() ->
     assert _sample(text, "callboard_event_loop_stall_seconds_count") == 2  # the histogram still has both
 
 
+async def test_a_probe_asleep_across_start_serving_does_not_bring_start_up_back() -> None:
+    """tune_collector's full collection happens while the watch's probe sleeps; that probe wakes after
+    start_serving() and must not put the start-up stall back into the window."""
+    metrics = Metrics()
+    watch = LoopWatch(metrics)
+    task = asyncio.create_task(watch.run())
+    await asyncio.sleep(0.12)  # the watch is asleep in a probe
+    time.sleep(0.3)  # noqa: ASYNC251 - start-up's synchronous step
+    watch.start_serving()
+    await asyncio.sleep(0.15)
+    task.cancel()
+    assert metrics.loop_stall_max._value.get() < 0.1  # noqa: SLF001
+    assert watch.longest_s < 0.1
+    text = metrics.render().decode()
+    assert _sample(text, 'callboard_event_loop_stall_seconds_bucket{le="0.25"}') < _sample(
+        text, "callboard_event_loop_stall_seconds_count")  # the histogram has it
+
+
 async def test_a_scrape_is_formatted_off_the_loop_and_says_the_same() -> None:
     from prometheus_client.core import GaugeMetricFamily
 

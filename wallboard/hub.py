@@ -409,6 +409,7 @@ class Hub:
         dirty, self._dirty = self._dirty, Changes()
         now_ms = self.clock.now_ms()
         agent_patches: dict[str, dict[str, Any]] = {}
+        fragments = self._agent_json
         for agent_id in dirty.agents:
             current = self.mirror.agents.get(agent_id)
             if current is None:
@@ -417,6 +418,11 @@ class Hub:
             if d:
                 agent_patches[agent_id] = d
                 self._published_agents[agent_id] = dict(current)
+            # The snapshot fragment too, now, a flush's worth at a time. Left to the next snapshot, a connect
+            # storm (every agent changes) made the first wallboard after it re-serialize all 10,000 agents
+            # in one step: a 0.2-0.3 s stall of the loop. About 15 us per changed agent here instead.
+            if fragments:
+                fragments[agent_id] = _dumps(agent_id) + ":" + _dumps(without_nulls(current))
         queue_patches: dict[str, dict[str, Any]] = {}
         for queue in dirty.queues:
             if self.mirror.config.queue(queue) is None:
