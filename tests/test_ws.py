@@ -351,3 +351,19 @@ async def test_a_malformed_upgrade_gets_aiohttps_400_naming_the_problem(make_ins
                                                                                "Connection": "Upgrade"}) as resp:
             assert resp.status == 400
             assert "Unsupported version" in await resp.text()  # no Sec-WebSocket-Version: aiohttp names it
+
+
+async def test_a_hello_after_the_drain_began_is_closed_1012(make_instance) -> None:  # type: ignore[no-untyped-def]
+    """A socket upgraded before the drain but silent until after it never becomes a session the drain missed."""
+    server = await make_instance()
+    services = server.app[SERVICES]
+    conn = await websockets.connect(ws_url(server), subprotocols=["callboard.v1.json"])
+    services.draining = True
+    try:
+        await conn.send(json.dumps({"type": "hello", "token": token("alice")}))
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await asyncio.wait_for(conn.recv(), 5)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012
+        assert not services.sessions
+    finally:
+        services.draining = False

@@ -33,6 +33,7 @@ from wallboard.const import (
     CLOSE_FORBIDDEN,
     CLOSE_GRACE_S,
     CLOSE_NO_HELLO,
+    CLOSE_RESTART,
     CLOSE_TOO_SLOW,
     HEARTBEAT_S,
     HELLO_TIMEOUT_S,
@@ -384,6 +385,9 @@ class Connection(asyncio.Protocol):
 
     def _hello(self, data: str | bytes) -> None:
         services = self.services
+        if services.draining:  # opened before the drain began, so the drain's 1012 did not reach it
+            self.close(CLOSE_RESTART, "server restart")
+            return
         try:
             hello = messages.decode(data)
             if hello["type"] != "hello":
