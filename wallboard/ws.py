@@ -44,13 +44,15 @@ from wallboard.const import (
 )
 from wallboard.hub import Outgoing, Subscriber, encode
 from wallboard.messages import WireError
-from wallboard.wsconn import PING_FRAME, Pinger, handshake, take_over
+from wallboard.wsconn import PING_FRAME, Pinger, TakenOver, handshake, take_over
 
 log = logging.getLogger(__name__)
 # websockets' frame parser logs every closed connection at INFO; at 10,000 sockets that is noise, not news.
 _FRAMES_LOG = logging.getLogger(__name__ + ".frames")
 _FRAMES_LOG.setLevel(logging.WARNING)
 _BACKGROUND: set[asyncio.Task[None]] = set()  # deregistrations still running after their socket closed
+# A websocket's access-log line is written when it closes, with how long it was open (as under aiohttp).
+_ACCESS = logging.getLogger("aiohttp.access")
 
 
 def _reset_on_close(transport: asyncio.Transport | None) -> None:
@@ -206,7 +208,8 @@ class Connection(asyncio.Protocol):
     """
 
     __slots__ = ("services", "encoding", "transport", "parser", "session", "hello_timer", "heard", "awaiting_pong",
-                 "slot", "fragments", "closing", "close_timer", "reset", "lost", "lost_waiter", "opening", "gauge")
+                 "slot", "fragments", "closing", "close_timer", "reset", "lost", "lost_waiter", "opening", "gauge",
+                 "opened_at")
 
     def __init__(self, services: Services, encoding: str) -> None:
         self.services = services
@@ -226,12 +229,15 @@ class Connection(asyncio.Protocol):
         self.lost_waiter: asyncio.Future[None] | None = None
         self.opening: asyncio.Task[None] | None = None  # an agent's registration, while it runs
         self.gauge: Any = None
+        self.opened_at = 0.0
 
     # -- asyncio.Protocol --------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.hello_timer = asyncio.get_running_loop().call_later(HELLO_TIMEOUT_S, self._no_hello)
+        loop = asyncio.get_running_loop()
+        self.opened_at = loop.time()
+        self.hello_timer = loop.call_later(HELLO_TIMEOUT_S, self._no_hello)
         self.slot = _pinger(self.services).add(self)
 
     def data_received(self, data: bytes) -> None:
@@ -252,6 +258,8 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self.closing = True
+        if _ACCESS.isEnabledFor(logging.INFO):
+            _ACCESS.info("%s %s %s %.1fms", "GET", "/ws", 101, (asyncio.get_running_loop().time() - self.opened_at) * 1000)
         for timer in (self.hello_timer, self.close_timer):
             if timer is not None:
                 timer.cancel()
@@ -490,4 +498,4 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     encoding = "msgpack" if ready.protocol == MSGPACK_PROTOCOL else "json"
     transport.write(handshake(request, ready.protocol))
     take_over(request, Connection(services, encoding))
-    return web.Response(status=101)  # never written: the socket belongs to the Connection now
+    return TakenOver()  # never written: the socket belongs to the Connection now

@@ -67,6 +67,17 @@ def take_over(request: web.Request, protocol: asyncio.Protocol) -> asyncio.Trans
     return transport
 
 
+class TakenOver(web.Response):
+    """What the upgrade view returns once the socket is handed over: never written (the transport is gone
+    from aiohttp), and left out of the access log, which gets the connection's line when it closes, with
+    its duration, as it did while aiohttp held websockets (callboard.logs.AccessLogger)."""
+
+    taken_over = True
+
+    def __init__(self) -> None:
+        super().__init__(status=101)
+
+
 class Pingable(Protocol):
     heard: bool
     awaiting_pong: bool
