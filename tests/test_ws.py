@@ -367,3 +367,17 @@ async def test_a_hello_after_the_drain_began_is_closed_1012(make_instance) -> No
         assert not services.sessions
     finally:
         services.draining = False
+
+
+async def test_a_fragmented_message_is_reassembled(make_instance) -> None:  # type: ignore[no-untyped-def]
+    """RFC 6455 fragments (a text frame without FIN, then continuations) are one message to the session."""
+    server = await make_instance()
+    alice = await connect(server, token("alice"))
+    await alice.conn.send(['{"type":', ' "ping"', "}"])  # websockets sends an iterable as fragments
+    kinds = []
+    for _ in range(20):  # deltas of the agent's own registration may come first
+        kinds.append(json.loads(await asyncio.wait_for(alice.conn.recv(), 5))["type"])
+        if kinds[-1] == "pong":
+            break
+    assert kinds[-1] == "pong", kinds
+    await alice.close()
