@@ -168,7 +168,12 @@ class Subscriber:
             return
         if transport.is_closing():
             return
-        transport.write(b"".join([item.frame for item in items]))
+        frames = [item.frame for item in items]
+        if sum(map(len, frames)) <= 65536:
+            transport.write(b"".join(frames))
+        else:  # a wallboard's snapshot is megabytes: a copy into one buffer would cost more than a syscall
+            for frame in frames:
+                transport.write(frame)
         self.sent += len(items)
         if transport.get_write_buffer_size() and owed_bytes(transport) > WRITE_BUFFER_HIGH:
             self._start_waiting()
@@ -256,7 +261,7 @@ class Hub:
         self._agent_json: dict[str, str] = {}  # agent id -> '"id":{...}' of its snapshot entry, until it changes
         # Whole JSON snapshots shared by subscribers that cover the same agents and queues (a team's agents
         # connecting together): kept until the next change and at most one tick (server_time_ms, windows).
-        self._snapshots: dict[frozenset[str], str] = {}
+        self._snapshots: dict[frozenset[str], Outgoing] = {}
         self._snapshots_timer: asyncio.TimerHandle | None = None
         self._team_of = {a.id: a.team for a in mirror.config.agents}
         self.snapshots_shared = 0
@@ -326,26 +331,32 @@ class Hub:
         for topic in sub.topics:
             self._by_topic.setdefault(topic, set()).add(sub)
         if sub.encoding == "json":
-            return Outgoing(_SNAPSHOT_STUB, self.shared_snapshot_json(sub.topics))
+            return self.shared_snapshot_message(sub.topics)
         snapshot = self.snapshot(sub.topics)
         return Outgoing(snapshot, encode(snapshot, sub.encoding))
 
     def shared_snapshot_json(self, topics: frozenset[str]) -> str:
-        """`snapshot_json(topics)`, built once for every subscriber covering the same agents and queues.
+        return self.shared_snapshot_message(topics).data  # type: ignore[return-value]
+
+    def shared_snapshot_message(self, topics: frozenset[str]) -> Outgoing:
+        """`snapshot_json(topics)` as a message, built and framed once for every subscriber covering the same
+        agents and queues.
 
         In a connect storm a team's agents connect together, and each agent's topics differ only by its own
-        `agent:` topic, which its team topic already covers. The text is shared until the mirror changes
-        (`notify` drops them all) and for at most one tick (its server_time_ms and the queues' time windows).
+        `agent:` topic, which its team topic already covers; wallboards all cover everything, and their
+        frame is megabytes (50 wallboards framing 1.7 MB each in one loop turn stalled it for 0.2 s). The
+        message is shared until the mirror changes (`notify` drops them all) and for at most one tick (its
+        server_time_ms and the queues' time windows).
         """
         key = self._snapshot_key(topics)
-        text = self._snapshots.get(key)
-        if text is not None:
+        item = self._snapshots.get(key)
+        if item is not None:
             self.snapshots_shared += 1
-            return text
-        text = self._snapshots[key] = self.snapshot_json(topics)
+            return item
+        item = self._snapshots[key] = Outgoing(_SNAPSHOT_STUB, self.snapshot_json(topics))
         if self._snapshots_timer is None:
             self._snapshots_timer = asyncio.get_running_loop().call_later(self.tick_s, self._forget_snapshots)
-        return text
+        return item
 
     def _forget_snapshots(self) -> None:
         self._snapshots_timer = None
