@@ -1,7 +1,7 @@
 """A websocket connection without aiohttp's per-connection machinery, and one heartbeat for all of them.
 
 Why (issue 15, measured in docs/benchmarks.md): a bare aiohttp `WebSocketResponse` handler, with nothing of
-callboard in it, costs 14.9 KiB of RSS and 0.30 ms of server CPU per connection under the bench's light
+callboard in it, costs 14.6-14.9 KiB of RSS and 0.30 ms of server CPU per connection under the bench's light
 client, which alone is over the 10 KiB and 3 s-for-10,000 targets. What it keeps per idle socket is the
 HTTP request (headers, parser, payload stream), the handler's task and coroutine frames, a reader, a
 writer, a message queue, and heartbeat timer handles. The same socket as an `asyncio.Protocol` over
