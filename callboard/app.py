@@ -128,7 +128,8 @@ def build_app(config: Config, settings: Settings, redis: Redis, *, clock: Clock 
         s.start(s.callflow.run_spool(), "callflow-spool")
         s.start(_pending_gauge(s), "pending-gauge")
         await _start_database(s)
-        s.start(LoopWatch(s.metrics).run(), "loop-watch")
+        s.loop_watch = LoopWatch(s.metrics)
+        s.start(s.loop_watch.run(), "loop-watch")
         if s.routing is not None:
             s.start(s.routing.run(), "router")
         if s.outbox is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from dataclasses import dataclass
@@ -79,6 +80,41 @@ def verify_token(secret: str, token: object) -> Claims:
         queues=_str_tuple(payload.get("queues")),
         teams=_str_tuple(payload.get("teams")),
     )
+
+
+class VerifiedTokens:
+    """`verify_token` with a memory: a token verified before is not verified again until it expires.
+
+    A screen or console that reconnects (a network blip, a 4429, another instance draining) presents the
+    same token, and a PyJWT decode costs about 64 microseconds of the event loop; a storm of reconnects
+    then pays it once per token. Only verified tokens are kept (a forged or malformed one is checked
+    every time), keyed by the SHA-256 of the token so that the cache holds 32 bytes per entry and never
+    the bearer secret itself; expiry is checked on every use, exactly as PyJWT does (exp <= now: expired).
+    At most `size` tokens are kept, the oldest verified dropped first.
+    """
+
+    def __init__(self, secret: str, size: int = 20_000) -> None:
+        self.secret = secret
+        self.size = size
+        self._known: dict[bytes, Claims] = {}
+        self.hits = 0
+
+    def verify(self, token: object) -> Claims:
+        if not isinstance(token, str) or not token:
+            raise TokenError("missing token")
+        key = hashlib.sha256(token.encode()).digest()
+        claims = self._known.get(key)
+        if claims is not None:
+            if claims.exp > time.time():
+                self.hits += 1
+                return claims
+            del self._known[key]
+            raise TokenError("token expired")
+        claims = verify_token(self.secret, token)
+        if len(self._known) >= self.size:
+            del self._known[next(iter(self._known))]
+        self._known[key] = claims
+        return claims
 
 
 class AuthRefused(Exception):

@@ -310,9 +310,16 @@ async def _serve(args: argparse.Namespace, *, demo: bool) -> int:
         loop.add_signal_handler(sig, stop.set)
     try:
         await runner.setup()
+        from callboard.services import SERVICES
         from wallboard.const import LISTEN_BACKLOG
         from wallboard.runtime import tune_collector
 
+        # Start-up's heap is frozen out of the collector's scans (see wallboard/runtime.py), before the port
+        # opens: its full collection (0.1 s at 10,000 agents) then delays no client, and start-up's stalls
+        # leave the loop-stall maximum.
+        tune_collector()
+        if app[SERVICES].loop_watch is not None:
+            app[SERVICES].loop_watch.start_serving()
         site = web.TCPSite(runner, settings.host, settings.port, backlog=LISTEN_BACKLOG)
         try:
             await site.start()
@@ -321,7 +328,6 @@ async def _serve(args: argparse.Namespace, *, demo: bool) -> int:
                 raise
             print(f"callboard: {_bind_problem(exc.errno, settings.host, settings.port)}", file=sys.stderr)
             return 2
-        tune_collector()  # start-up's heap is frozen out of the collector's scans (see wallboard/runtime.py)
         base = f"http://{_client_host(settings.host)}:{settings.port}"
         log.info("serving on %s (wallboard %s/wallboard, metrics %s/metrics)", base, base, base)
         sim_task = None

@@ -95,6 +95,8 @@ class AccessLogger(AbstractAccessLogger):
     """aiohttp access log without query strings or headers, so nothing secret can land in it."""
 
     def log(self, request, response, time_s: float) -> None:  # type: ignore[no-untyped-def]
+        if getattr(response, "taken_over", False):  # a websocket: logged when it closes (wallboard/ws.py)
+            return
         self.logger.info("%s %s %s %.1fms", request.method, request.path, response.status, time_s * 1000)
 
     @property

@@ -20,6 +20,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from callboard.auth import VerifiedTokens
 from callboard.clock import Clock
 from callboard.config import Config
 from wallboard.const import CLOSE_RESTART
@@ -120,6 +121,16 @@ class Services:
     database_misconfigured: str | None = None
     routing: Router | None = None  # offer mode, or the conference bridge (transfer offers): routing/router.py
     twilio_rest: TwilioRest | None = None  # the instance's one Twilio REST client (routing/twilio_rest.py)
+    loop_watch: Any = None  # wallboard.runtime.LoopWatch, while the app runs
+    pinger: Any = None  # wallboard.wsconn.Pinger: the heartbeat of every websocket (made at the first one)
+    _tokens: Any = field(default=None, repr=False)
+
+    @property
+    def tokens(self) -> VerifiedTokens:
+        """Token checks for websocket hellos, remembering the tokens already verified (see callboard/auth.py)."""
+        if self._tokens is None:
+            self._tokens = VerifiedTokens(self.settings.secret)
+        return self._tokens
 
     @property
     def secret(self) -> str:

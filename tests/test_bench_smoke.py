@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ["presence_absorb", "fanout", "peer_fanout", "snapshot", "webhooks", "conn_objects", "routing", "records",
-           "intent_path"]
+           "intent_path", "ws_floor"]
 
 
 def _bench_redis_url(bench_redis_url: str | None) -> str:

@@ -76,6 +76,7 @@ def test_deltas_rebuild_the_snapshot(steps: list[list[dict[str, Any]]], topics: 
         sub = Subscriber(topics, "json", on_slow=lambda: None)
         document = hub.subscribe(sub)
         hub.snapshot_json({"all"})  # warm the fragment cache: the changes below must invalidate it
+        hub.shared_snapshot_json(frozenset(topics))  # and the shared snapshot: any change must drop it
         for seq, step in enumerate(steps):
             changes = Changes()
             for change in step:
@@ -93,6 +94,35 @@ def test_deltas_rebuild_the_snapshot(steps: list[list[dict[str, Any]]], topics: 
         assert not has_null(fresh)
         assert document == fresh  # the whole document, exactly: deltas applied to the first snapshot == fresh
         assert hub.snapshot_json(topics) == json.dumps(fresh, separators=(",", ":"), ensure_ascii=False)
+        assert hub.shared_snapshot_json(frozenset(topics)) == hub.snapshot_json(topics)
+
+    asyncio.run(scenario())
+
+
+def test_teammates_connecting_together_share_one_snapshot_until_something_changes() -> None:
+    """Issue 15, the connect storm: a team's agents cover the same agents and queues (their own agent topic is
+    inside their team's), so the snapshot is built once for them; a change, or one tick, ends the sharing."""
+    async def scenario() -> None:
+        config = big_config(12)
+        clock = FakeClock()
+        mirror = Mirror(config, QueueStatsMirror(config, clock))
+        hub = Hub(mirror, clock, tick_ms=50)
+        hub.reset_published()
+        north = [a for a in config.agents if a.team == "north"]
+        first, second = (frozenset({f"agent:{a.id}", "team:north", *(f"queue:{q}" for q in north[0].queues)})
+                         for a in north[:2])
+        assert first != second
+        one = hub.shared_snapshot_json(first)
+        assert hub.shared_snapshot_json(second) is one and hub.snapshots_shared == 1
+        assert one == hub.snapshot_json(first)
+        changes = Changes()
+        mirror.apply_entry("agent", north[0].id, {"state": "away", "reason": "lunch", "since_ms": 5, "seq": 1,
+                                                  "connections": 1}, changes)
+        hub.notify(changes)
+        after = hub.shared_snapshot_json(second)
+        assert after is not one and '"reason":"lunch"' in after and after == hub.snapshot_json(second)
+        await asyncio.sleep(0.08)  # a tick later nothing is kept: an idle hub holds no snapshot text
+        assert hub._snapshots == {}  # noqa: SLF001
 
     asyncio.run(scenario())
 
@@ -238,7 +268,7 @@ async def test_a_client_that_stops_reading_is_closed_4429_and_others_stay_fast(m
             break
         await asyncio.sleep(0.02)
     assert session is not None
-    session.ws._req.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # noqa: SLF001
+    session.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
 
     agents = [a.id for a in config.agents]
     rng = random.Random(5)

@@ -43,6 +43,51 @@ def test_the_stall_maximum_forgets_stalls_older_than_its_window() -> None:
     assert watch.longest_s == 0.8
 
 
+def test_start_up_stalls_leave_the_maximum_when_the_instance_starts_serving() -> None:
+    metrics = Metrics()
+    watch = LoopWatch(metrics)
+    watch.observe(0.2, now=100.0)  # e.g. tune_collector's full collection before the port opens
+    watch.start_serving()
+    assert metrics.loop_stall_max._value.get() == 0.0  # noqa: SLF001
+    watch.observe(0.01, now=101.0)
+    assert metrics.loop_stall_max._value.get() == 0.01  # noqa: SLF001
+    text = metrics.render().decode()
+    assert _sample(text, "callboard_event_loop_stall_seconds_count") == 2  # the histogram still has both
+
+
+async def test_a_probe_asleep_across_start_serving_does_not_bring_start_up_back() -> None:
+    """tune_collector's full collection happens while the watch's probe sleeps; that probe wakes after
+    start_serving() and must not put the start-up stall back into the window."""
+    metrics = Metrics()
+    watch = LoopWatch(metrics)
+    task = asyncio.create_task(watch.run())
+    await asyncio.sleep(0.12)  # the watch is asleep in a probe
+    time.sleep(0.3)  # noqa: ASYNC251 - start-up's synchronous step
+    watch.start_serving()
+    await asyncio.sleep(0.15)
+    task.cancel()
+    assert metrics.loop_stall_max._value.get() < 0.1  # noqa: SLF001
+    assert watch.longest_s < 0.1
+    text = metrics.render().decode()
+    assert _sample(text, 'callboard_event_loop_stall_seconds_bucket{le="0.25"}') < _sample(
+        text, "callboard_event_loop_stall_seconds_count")  # the histogram has it
+
+
+async def test_a_scrape_is_formatted_off_the_loop_and_says_the_same() -> None:
+    from prometheus_client.core import GaugeMetricFamily
+
+    metrics = Metrics(queues=["q1"])
+
+    def shared() -> list[GaugeMetricFamily]:
+        family = GaugeMetricFamily("callboard_agents", "Agents by team and state", labels=["team", "state"])
+        family.add_metric(["north", "available"], 3)
+        return [family]
+
+    metrics.add_shared_state(shared)
+    assert await metrics.render_off_loop() == metrics.render()
+    assert b'callboard_agents{state="available",team="north"} 3.0' in metrics.render()
+
+
 def test_collector_pauses_are_timed_by_generation() -> None:
     metrics = Metrics()
     watch = LoopWatch(metrics)

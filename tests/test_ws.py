@@ -11,6 +11,7 @@ import websockets
 from aiohttp import ClientSession
 
 from callboard.auth import issue_token
+from callboard.services import SERVICES
 from tests.conftest import SECRET, connect, token, ws_url
 
 
@@ -269,3 +270,122 @@ async def test_deeply_nested_json_bodies_get_a_400_naming_the_problem(make_insta
         r = await http.post(url, json={"state": "away", "reason": "x"}, headers={"Authorization": f"Bearer {token('alice')}"})
         assert r.status == 200
     await alice_ws.close()
+
+
+async def _raw_client(server, hello: dict[str, object]) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:  # type: ignore[no-untyped-def]
+    """A websocket client by hand: the upgrade, one masked hello frame, and then whatever the test reads."""
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(f"GET /ws HTTP/1.1\r\nHost: {server.host}:{server.port}\r\nUpgrade: websocket\r\n"
+                 "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                 "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: callboard.v1.json\r\n\r\n".encode())
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 101") and b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in head, head
+    writer.write(_client_frame(json.dumps(hello).encode()))
+    return reader, writer
+
+
+def _client_frame(payload: bytes) -> bytes:
+    """A masked text frame (RFC 6455 5.2), payload under 64 KiB."""
+    mask = b"\x01\x02\x03\x04"
+    n = len(payload)
+    head = bytes((0x81, 0x80 | n)) if n < 126 else bytes((0x81, 0x80 | 126)) + n.to_bytes(2, "big")
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+async def _frames_until_closed(reader: asyncio.StreamReader, limit_s: float) -> list[int]:
+    """Opcodes of the server frames read until the server cuts the connection; fails after limit_s."""
+    opcodes = []
+    async with asyncio.timeout(limit_s):
+        try:
+            while True:
+                b0, b1 = await reader.readexactly(2)
+                n = b1 & 0x7F
+                if n == 126:
+                    n = int.from_bytes(await reader.readexactly(2), "big")
+                elif n == 127:
+                    n = int.from_bytes(await reader.readexactly(8), "big")
+                await reader.readexactly(n)
+                opcodes.append(b0 & 0x0F)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return opcodes
+
+
+async def test_a_peer_that_never_answers_pings_is_cut_and_one_that_does_stays(make_instance, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The loop-wide heartbeat (wallboard/wsconn.py Pinger): a ping every HEARTBEAT_S, and a connection that sent
+    nothing back within half of it is aborted (a closed laptop lid, a dropped NAT); a live client is untouched."""
+    monkeypatch.setattr("wallboard.ws.HEARTBEAT_S", 1.0)
+    server = await make_instance()
+    services = server.app[SERVICES]
+    alive = await connect(server, token("bob"))
+    reader, writer = await _raw_client(server, {"type": "hello", "token": token("alice")})
+    started = asyncio.get_running_loop().time()
+    opcodes = await _frames_until_closed(reader, 6.0)  # read, but never answer a ping
+    took = asyncio.get_running_loop().time() - started
+    assert 0x9 in opcodes, opcodes  # it was pinged...
+    assert 1.0 <= took <= 4.0, took  # ...and cut about 1.5 heartbeats after connecting
+    assert services.pinger.missed == 1
+    for _ in range(50):
+        if not any(s.claims.sub == "alice" for s in services.sessions):
+            break
+        await asyncio.sleep(0.05)
+    assert [s.claims.sub for s in services.sessions] == ["bob"]  # the websockets client answers pings itself
+    await alive.send({"type": "ping"})
+    assert (await alive.recv())["type"] in ("pong", "delta")
+    writer.close()
+    await alive.close()
+
+
+async def test_a_client_that_sends_its_hello_before_the_101_arrives_is_served(make_instance) -> None:  # type: ignore[no-untyped-def]
+    """Bytes a client sends right behind its upgrade request (before reading the 101) reach the new connection."""
+    server = await make_instance()
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    frame = _client_frame(json.dumps({"type": "hello", "token": token("alice")}).encode())
+    writer.write(f"GET /ws HTTP/1.1\r\nHost: {server.host}:{server.port}\r\nUpgrade: websocket\r\n"
+                 "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                 "Sec-WebSocket-Version: 13\r\n\r\n".encode() + frame)
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 101")
+    b0, b1 = await asyncio.wait_for(reader.readexactly(2), 5)
+    assert b1 < 126
+    welcome = json.loads(await reader.readexactly(b1))
+    assert b0 == 0x81 and welcome["type"] == "welcome" and welcome["sub"] == "alice"
+    writer.close()
+
+
+async def test_a_malformed_upgrade_gets_aiohttps_400_naming_the_problem(make_instance) -> None:  # type: ignore[no-untyped-def]
+    server = await make_instance()
+    async with ClientSession() as http:
+        async with http.get(f"http://{server.host}:{server.port}/ws", headers={"Upgrade": "websocket",
+                                                                               "Connection": "Upgrade"}) as resp:
+            assert resp.status == 400
+            assert "Unsupported version" in await resp.text()  # no Sec-WebSocket-Version: aiohttp names it
+
+
+async def test_a_hello_after_the_drain_began_is_closed_1012(make_instance) -> None:  # type: ignore[no-untyped-def]
+    """A socket upgraded before the drain but silent until after it never becomes a session the drain missed."""
+    server = await make_instance()
+    services = server.app[SERVICES]
+    conn = await websockets.connect(ws_url(server), subprotocols=["callboard.v1.json"])
+    services.draining = True
+    try:
+        await conn.send(json.dumps({"type": "hello", "token": token("alice")}))
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await asyncio.wait_for(conn.recv(), 5)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012
+        assert not services.sessions
+    finally:
+        services.draining = False
+
+
+async def test_a_fragmented_message_is_reassembled(make_instance) -> None:  # type: ignore[no-untyped-def]
+    """RFC 6455 fragments (a text frame without FIN, then continuations) are one message to the session."""
+    server = await make_instance()
+    alice = await connect(server, token("alice"))
+    await alice.conn.send(['{"type":', ' "ping"', "}"])  # websockets sends an iterable as fragments
+    kinds = []
+    for _ in range(20):  # deltas of the agent's own registration may come first
+        kinds.append(json.loads(await asyncio.wait_for(alice.conn.recv(), 5))["type"])
+        if kinds[-1] == "pong":
+            break
+    assert kinds[-1] == "pong", kinds
+    await alice.close()

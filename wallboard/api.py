@@ -93,7 +93,7 @@ async def voice_sdk_file(request: web.Request) -> web.StreamResponse:
 
 async def metrics(request: web.Request) -> web.StreamResponse:
     services = _services(request)
-    return web.Response(body=services.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+    return web.Response(body=await services.metrics.render_off_loop(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
 async def healthz(request: web.Request) -> web.StreamResponse:

@@ -8,7 +8,8 @@ labels, ever: label values are teams, states, queues, routes and reasons, all kn
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import asyncio
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import (
     CollectorRegistry,
@@ -18,7 +19,7 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 WEBHOOK_ROUTES = ("incoming", "wait", "agent", "bridge", "queue-result", "status")
@@ -35,6 +36,7 @@ class Metrics:
 
     def __init__(self, *, queues: Iterable[str] = (), sl_thresholds_s: Iterable[float] = (20.0,)) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._shared: list[Callable[[], Iterable[GaugeMetricFamily]]] = []
         r = self.registry
         queue_names = list(queues)
         wait_buckets = sorted({1.0, 5.0, 10.0, 15.0, 30.0, 45.0, 60.0, 90.0, 120.0, 180.0, 300.0, 600.0,
@@ -85,19 +87,34 @@ class Metrics:
             self.webhook_rejected.labels(reason)
 
     def add_shared_state(self, collect: Callable[[], Iterable[GaugeMetricFamily]]) -> None:
-        """Register gauges computed at scrape time from the mirror."""
-        self.registry.register(_CallbackCollector(collect))
+        """Gauges computed at scrape time from the mirror (exported after the registry's own metrics)."""
+        self._shared.append(collect)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(_Scrape(self.registry, self._shared_families()))
+
+    async def render_off_loop(self) -> bytes:
+        """`render()` without stalling the event loop.
+
+        At 10,000 agents and 100 queues a scrape is about 8,000 lines and took 110-140 ms of the loop: a
+        stall on every scrape. Here the gauges computed from the mirror are read on the loop (the mirror is
+        only consistent there) and the text is formatted in a worker thread (prometheus_client's own
+        metrics are thread-safe); the worker holds the GIL in 5 ms slices, so the loop keeps running.
+        """
+        scrape = _Scrape(self.registry, self._shared_families())
+        return await asyncio.to_thread(generate_latest, scrape)
+
+    def _shared_families(self) -> list[GaugeMetricFamily]:
+        return [family for collect in self._shared for family in collect()]
 
 
-class _CallbackCollector(Collector):
-    def __init__(self, collect: Callable[[], Iterable[GaugeMetricFamily]]) -> None:
-        self._collect = collect
+class _Scrape(Collector):
+    """One scrape: the registry's metrics, then the mirror's gauges as they were when the scrape began."""
 
-    def collect(self) -> Iterable[GaugeMetricFamily]:
-        return self._collect()
+    def __init__(self, registry: CollectorRegistry, shared: list[GaugeMetricFamily]) -> None:
+        self._registry = registry
+        self._shared = shared
 
-    def describe(self) -> Iterable[GaugeMetricFamily]:
-        return []
+    def collect(self) -> Iterator[Metric]:
+        yield from self._registry.collect()
+        yield from self._shared

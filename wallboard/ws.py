@@ -1,7 +1,10 @@
-"""The websocket endpoint: one session per connection, and no task of its own beside aiohttp's handler.
+"""The websocket endpoint: one session per connection, and no task of its own while idle.
 
-Frames to the client are written by the hub, directly to the transport (see wallboard/hub.py); the handler
-reads client messages and turns mistakes into {"type": "error"} in one place.
+aiohttp routes and checks the upgrade request; the view then answers the handshake itself and hands the
+TCP transport to a `Connection` (wallboard/wsconn.py says why: aiohttp's per-connection machinery alone
+was over the memory and connect-time targets of issue 15). Frames to the client are written by the hub,
+directly to the transport (see wallboard/hub.py); client messages reach the session synchronously from
+`Connection.data_received`, and mistakes become {"type": "error"} in one place.
 """
 
 from __future__ import annotations
@@ -14,10 +17,13 @@ import socket
 import struct
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import web
 from redis.exceptions import RedisError
+from websockets.frames import Opcode
+from websockets.protocol import OPEN, Side
+from websockets.protocol import Protocol as FrameParser
 
-from callboard.auth import TokenError, verify_token
+from callboard.auth import TokenError
 from callboard.services import SERVICES, Services
 from presence.rules import SET, Intent, validate_set
 from wallboard import messages
@@ -27,6 +33,7 @@ from wallboard.const import (
     CLOSE_FORBIDDEN,
     CLOSE_GRACE_S,
     CLOSE_NO_HELLO,
+    CLOSE_RESTART,
     CLOSE_TOO_SLOW,
     HEARTBEAT_S,
     HELLO_TIMEOUT_S,
@@ -37,8 +44,15 @@ from wallboard.const import (
 )
 from wallboard.hub import Outgoing, Subscriber, encode
 from wallboard.messages import WireError
+from wallboard.wsconn import PING_FRAME, Pinger, TakenOver, handshake, take_over
 
 log = logging.getLogger(__name__)
+# websockets' frame parser logs every closed connection at INFO; at 10,000 sockets that is noise, not news.
+_FRAMES_LOG = logging.getLogger(__name__ + ".frames")
+_FRAMES_LOG.setLevel(logging.WARNING)
+_BACKGROUND: set[asyncio.Task[None]] = set()  # deregistrations still running after their socket closed
+# A websocket's access-log line is written when it closes, with how long it was open (as under aiohttp).
+_ACCESS = logging.getLogger("aiohttp.access")
 
 
 def _reset_on_close(transport: asyncio.Transport | None) -> None:
@@ -52,19 +66,17 @@ def _reset_on_close(transport: asyncio.Transport | None) -> None:
 class Session:
     """One authenticated websocket: its claims and its subscriber."""
 
-    __slots__ = ("services", "transport", "ws", "claims", "conn_id", "sub", "closer", "closing", "bad_in_a_row",
+    __slots__ = ("services", "transport", "conn", "claims", "conn_id", "sub", "closing", "bad_in_a_row",
                  "can_take_calls")
 
-    def __init__(self, services: Services, request: web.Request, ws: web.WebSocketResponse, claims: Any,
-                 encoding: str) -> None:
+    def __init__(self, services: Services, conn: Connection, claims: Any, encoding: str) -> None:
         self.services = services
-        self.transport = request.transport
-        self.ws = ws
+        self.transport = conn.transport
+        self.conn = conn
         self.claims = claims
         self.conn_id = f"{services.liveness.instance_id}:{secrets.token_hex(6)}"
         topics = messages.topics_for(claims, services.config)
         self.sub = Subscriber(topics, encoding, on_slow=self._on_slow, transport=self.transport)
-        self.closer: asyncio.Task[None] | None = None  # held so the close task is not garbage-collected
         self.closing = False
         self.bad_in_a_row = 0
         self.can_take_calls = True  # routing: False when the hello said "can_take_calls": false
@@ -85,14 +97,19 @@ class Session:
             return
         self.services.metrics.ws_slow_consumer_closes.inc()
         log.warning("closing slow websocket %s (%s %s) with 4429", self.conn_id, self.claims.role, self.claims.sub)
-        self.closer = asyncio.get_running_loop().create_task(self.close(CLOSE_TOO_SLOW, "too slow"))
+        self.begin_close(CLOSE_TOO_SLOW, "too slow")
 
     async def close(self, code: int, reason: str) -> None:
+        """Close, and return once the connection is gone (at most about CLOSE_GRACE_S later)."""
+        self.begin_close(code, reason)
+        await self.conn.wait_closed()
+
+    def begin_close(self, code: int, reason: str) -> None:
         """Close without ever waiting long on the peer.
 
         Messages already owed (the errors that explain a 4400) are written first; a slow consumer's are
-        not. The close frame then gets CLOSE_GRACE_S; a 4429 connection is reset after that, whatever the
-        peer does, so it cannot hold the socket open by not reading.
+        not. The close frame then gets CLOSE_GRACE_S to be answered, after which the connection is aborted;
+        a 4429 connection is a reset, whatever the peer does, so it cannot hold the socket open by not reading.
         """
         if self.closing:
             return
@@ -102,13 +119,7 @@ class Session:
         else:
             self.sub.flush_owed()
         self.sub.closed = True
-        try:
-            await asyncio.wait_for(self.ws.close(code=code, message=reason.encode()), timeout=CLOSE_GRACE_S)
-        except (TimeoutError, ConnectionError, RuntimeError):
-            pass
-        if self.transport is not None and (code == CLOSE_TOO_SLOW or not self.transport.is_closing()
-                                           or self.transport.get_write_buffer_size()):
-            self.transport.abort()
+        self.conn.close(code, reason, reset=code == CLOSE_TOO_SLOW)
 
     def handle(self, msg: dict[str, Any]) -> None:
         """Act on one client message; raises WireError for the client's mistakes."""
@@ -191,113 +202,302 @@ class Session:
             self.send(messages.rejection(code))
 
 
-async def websocket_handler(request: web.Request) -> web.StreamResponse:
-    services = request.app[SERVICES]
-    if not services.origin_allowed(request):
-        return web.Response(status=403, text="websocket origin not allowed\n")
-    if services.draining:
-        return web.Response(status=503, text="this instance is restarting; connect again\n")
-    # compress=False: frames are serialized and framed once for every subscriber of a topic (wallboard/hub.py),
-    # which per-connection deflate contexts would undo.
-    ws = web.WebSocketResponse(protocols=(JSON_PROTOCOL, MSGPACK_PROTOCOL), heartbeat=HEARTBEAT_S,
-                               max_msg_size=MAX_FRAME_BYTES, compress=False)
-    await ws.prepare(request)
-    encoding = "msgpack" if ws.ws_protocol == MSGPACK_PROTOCOL else "json"
-    session = await _hello(services, request, ws, encoding)
-    if session is None:
-        return ws
-    services.sessions.add(session)
-    metrics_gauge = services.metrics.ws_connections.labels(session.claims.role)
-    metrics_gauge.inc()
-    # The snapshot is not bound to a name: this frame lives as long as the connection, and a wallboard's
-    # snapshot of a 10,000-agent center is megabytes.
-    session.send(messages.welcome(session.claims, services.liveness.instance_id))
-    session.push(services.hub.subscribe_message(session.sub))
-    is_agent = session.claims.role == "agent"
-    if is_agent and (pop := services.mirror.pops.get(session.claims.sub)) is not None:
-        session.send(pop)
-    if is_agent and (offer := services.mirror.offers.get(session.claims.sub)) is not None:
-        session.send(offer)  # routing: an offer still open rings again on the new connection
-    try:
-        if is_agent:
-            try:
-                if services.routing is not None and not session.can_take_calls:  # before it counts as connected
-                    await services.routing.connection_cannot_take_calls(
-                        session.claims.sub, session.conn_id, services.liveness.instance_id)
-                await services.liveness.register(session.conn_id, session.claims.sub)
-            except (RedisError, OSError) as exc:  # Redis away: the next lease renewal registers it
-                services.count_redis_error(exc)
-                log.warning("could not register %s now (%s); it is registered when Redis answers", session.conn_id, exc)
-        await _read_loop(session)
-    finally:
+class Connection(asyncio.Protocol):
+    """One websocket after the upgrade: client frames through websockets' sans-I/O parser, messages to the session.
+
+    Before the hello it holds a timer (HELLO_TIMEOUT_S); after it, nothing but its parser, its session and
+    its place in the instance's Pinger: no task, no queue, no timer handle per idle connection.
+    """
+
+    __slots__ = ("services", "encoding", "transport", "parser", "session", "hello_timer", "heard", "awaiting_pong",
+                 "slot", "fragments", "closing", "close_timer", "reset", "lost", "lost_waiter", "opening", "gauge",
+                 "opened_at")
+
+    def __init__(self, services: Services, encoding: str) -> None:
+        self.services = services
+        self.encoding = encoding
+        self.transport: asyncio.Transport | None = None
+        self.parser = FrameParser(Side.SERVER, state=OPEN, max_size=MAX_FRAME_BYTES, logger=_FRAMES_LOG)
+        self.session: Session | None = None
+        self.hello_timer: asyncio.TimerHandle | None = None
+        self.heard = False  # anything received since the last ping (the Pinger's liveness test)
+        self.awaiting_pong = False
+        self.slot = 0
+        self.fragments: list[bytes] | None = None  # a fragmented message being assembled (rare)
+        self.closing = False
+        self.close_timer: asyncio.TimerHandle | None = None
+        self.reset = False
+        self.lost = False
+        self.lost_waiter: asyncio.Future[None] | None = None
+        self.opening: asyncio.Task[None] | None = None  # an agent's registration, while it runs
+        self.gauge: Any = None
+        self.opened_at = 0.0
+
+    # -- asyncio.Protocol --------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        loop = asyncio.get_running_loop()
+        self.opened_at = loop.time()
+        self.hello_timer = loop.call_later(HELLO_TIMEOUT_S, self._no_hello)
+        self.slot = _pinger(self.services).add(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.heard = True
+        parser = self.parser
+        parser.receive_data(data)
+        for frame in parser.events_received():
+            opcode = frame.opcode
+            if opcode is Opcode.TEXT or opcode is Opcode.BINARY or opcode is Opcode.CONT:
+                self._data_frame(opcode, frame.data, frame.fin)
+        self._flush_parser()
+
+    def eof_received(self) -> bool | None:
+        self.parser.receive_eof()
+        self._flush_parser()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.closing = True
+        if _ACCESS.isEnabledFor(logging.INFO):
+            _ACCESS.info("%s %s %s %.1fms", "GET", "/ws", 101, (asyncio.get_running_loop().time() - self.opened_at) * 1000)
+        for timer in (self.hello_timer, self.close_timer):
+            if timer is not None:
+                timer.cancel()
+        self.hello_timer = self.close_timer = None
+        services = self.services
+        if services.pinger is not None:
+            services.pinger.discard(self, self.slot)
+        if self.lost_waiter is not None and not self.lost_waiter.done():
+            self.lost_waiter.set_result(None)
+        session = self.session
+        if session is None:
+            return
+        session.closing = True
         services.hub.unsubscribe(session.sub)
         services.sessions.discard(session)
-        metrics_gauge.dec()
-        if is_agent:
-            try:
-                await services.liveness.deregister(session.conn_id)
-                if services.routing is not None and not session.can_take_calls:
-                    await services.routing.connection_cannot_take_calls(session.claims.sub, session.conn_id, None)
-            except (RedisError, OSError) as exc:  # Redis away: the next renewal replays it
-                services.count_redis_error(exc)
-                log.warning("could not deregister %s now (%s); it is replayed when Redis answers", session.conn_id, exc)
-    return ws
+        self.gauge.dec()
+        if session.claims.role == "agent":
+            task = asyncio.get_running_loop().create_task(_deregister(services, session, self.opening))
+            _BACKGROUND.add(task)
+            task.add_done_callback(_BACKGROUND.discard)
 
+    # -- the Pinger's side ------------------------------------------------------------------------
 
-async def _hello(services: Services, request: web.Request, ws: web.WebSocketResponse, encoding: str) -> Session | None:
-    try:
-        msg = await asyncio.wait_for(ws.receive(), HELLO_TIMEOUT_S)
-    except TimeoutError:
-        await ws.close(code=CLOSE_NO_HELLO, message=b"no hello in time")
-        return None
-    if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
-        return None
-    try:
-        hello = messages.decode(msg.data)
-        if hello["type"] != "hello":
-            raise WireError("bad_message", 'the first message must be {"type": "hello", "token": ...}')
-    except WireError as exc:
-        await _send_then_close(ws, encoding, messages.error(exc.code, exc.message), CLOSE_BAD_MESSAGE, exc.message)
-        return None
-    try:
-        claims = verify_token(services.secret, hello.get("token"))
-    except TokenError as exc:
-        await _send_then_close(ws, encoding, messages.error("bad_token", str(exc)), CLOSE_BAD_TOKEN, str(exc))
-        return None
-    try:
-        session = Session(services, request, ws, claims, encoding)
-        # routing: a console without a softphone says so; clients that say nothing are offered calls
-        session.can_take_calls = hello.get("can_take_calls") is not False
-        return session
-    except WireError as exc:
-        await _send_then_close(ws, encoding, messages.error(exc.code, exc.message), CLOSE_FORBIDDEN, exc.message)
-        return None
+    def ping(self) -> None:
+        transport = self.transport
+        if not self.closing and transport is not None and not transport.is_closing():
+            transport.write(PING_FRAME)
 
+    def pong_missed(self) -> None:
+        """Nothing came back within half a heartbeat of a ping: the peer is gone. aiohttp's rule, 1006."""
+        if self.transport is not None and not self.lost:
+            log.info("closing websocket %s: no pong within %.0f s", self._name(), HEARTBEAT_S / 2)
+            self.transport.abort()
 
-async def _send_then_close(ws: web.WebSocketResponse, encoding: str, obj: dict[str, Any], code: int, reason: str) -> None:
-    from wallboard.hub import encode
+    # -- closing ----------------------------------------------------------------------------------
 
-    with contextlib.suppress(ConnectionError, RuntimeError):
-        data = encode(obj, encoding)
-        await (ws.send_str(data) if isinstance(data, str) else ws.send_bytes(data))
-    await ws.close(code=code, message=reason.encode()[:120])
+    def close(self, code: int, reason: str, *, reset: bool = False) -> None:
+        """Send the close frame; the peer's answer ends the connection, or CLOSE_GRACE_S does (an abort)."""
+        if self.closing or self.transport is None:
+            return
+        self.closing = True
+        self.reset = reset
+        if self.parser.state is OPEN:
+            self.parser.send_close(code, reason.encode()[:120].decode(errors="ignore"))
+            self._flush_parser()
+        if not self.lost:
+            self.close_timer = asyncio.get_running_loop().call_later(CLOSE_GRACE_S, self._grace_over)
 
+    def _grace_over(self) -> None:
+        self.close_timer = None
+        if self.transport is not None and not self.lost:
+            self.transport.abort()
 
-async def _read_loop(session: Session) -> None:
-    ws = session.ws
-    while True:
-        msg = await ws.receive()  # not `async for`: one coroutine frame less per idle connection
-        if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
-            if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+    async def wait_closed(self) -> None:
+        if self.lost:
+            return
+        if self.lost_waiter is None:
+            self.lost_waiter = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self.lost_waiter)
+
+    def _flush_parser(self) -> None:
+        """Write what the parser owes the peer (pongs, a close frame); its end-of-stream marker closes TCP."""
+        transport = self.transport
+        for chunk in self.parser.data_to_send():
+            if transport is None or transport.is_closing():
                 return
-            continue
+            if chunk:
+                transport.write(chunk)
+            elif self.reset:
+                transport.abort()  # a 4429: the peer's answer came, the socket goes as a reset all the same
+            else:
+                transport.close()
+
+    # -- messages ---------------------------------------------------------------------------------
+
+    def _data_frame(self, opcode: Opcode, data: bytes, fin: bool) -> None:
+        if opcode is Opcode.CONT or not fin:  # fragments; the parser keeps their total under MAX_FRAME_BYTES
+            if opcode is not Opcode.CONT:
+                self.fragments = [bytes((opcode.value,)), data]
+                return
+            if self.fragments is None:
+                return  # the parser already failed the connection (1002)
+            self.fragments.append(data)
+            if not fin:
+                return
+            first, *parts = self.fragments
+            self.fragments = None
+            opcode, data = Opcode(first[0]), b"".join(parts)
+        if opcode is Opcode.TEXT:
+            try:
+                text: str | bytes = data.decode()
+            except UnicodeDecodeError:
+                self._fail(1007, "text frames must be UTF-8")
+                return
+        else:
+            text = data
+        if self.closing:
+            return
+        if self.session is None:
+            self._hello(text)
+        else:
+            self._message(self.session, text)
+
+    def _fail(self, code: int, reason: str) -> None:
+        self.parser.fail(code, reason)
+        self._flush_parser()
+
+    def _message(self, session: Session, data: str | bytes) -> None:
         try:
-            session.handle(messages.decode(msg.data))
+            session.handle(messages.decode(data))
             session.bad_in_a_row = 0
         except WireError as exc:
             session.send(messages.error(exc.code, exc.message))
             if exc.code in ("bad_message", "unknown_type"):
                 session.bad_in_a_row += 1
                 if session.bad_in_a_row >= MAX_BAD_MESSAGES:
-                    await session.close(CLOSE_BAD_MESSAGE, "too many bad messages")
-                    return
+                    session.begin_close(CLOSE_BAD_MESSAGE, "too many bad messages")
+
+    def _no_hello(self) -> None:
+        self.hello_timer = None
+        if self.session is None:
+            self.close(CLOSE_NO_HELLO, "no hello in time")
+
+    def _refuse(self, obj: dict[str, Any], code: int, reason: str) -> None:
+        """An error message explaining the close, then the close."""
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            data = encode(obj, self.encoding)
+            transport.write(Outgoing(obj, data).frame)
+        self.close(code, reason)
+
+    def _hello(self, data: str | bytes) -> None:
+        services = self.services
+        if services.draining:  # opened before the drain began, so the drain's 1012 did not reach it
+            self.close(CLOSE_RESTART, "server restart")
+            return
+        try:
+            hello = messages.decode(data)
+            if hello["type"] != "hello":
+                raise WireError("bad_message", 'the first message must be {"type": "hello", "token": ...}')
+        except WireError as exc:
+            self._refuse(messages.error(exc.code, exc.message), CLOSE_BAD_MESSAGE, exc.message)
+            return
+        try:
+            claims = services.tokens.verify(hello.get("token"))
+        except TokenError as exc:
+            self._refuse(messages.error("bad_token", str(exc)), CLOSE_BAD_TOKEN, str(exc))
+            return
+        try:
+            session = Session(services, self, claims, self.encoding)
+        except WireError as exc:
+            self._refuse(messages.error(exc.code, exc.message), CLOSE_FORBIDDEN, exc.message)
+            return
+        # routing: a console without a softphone says so; clients that say nothing are offered calls
+        session.can_take_calls = hello.get("can_take_calls") is not False
+        self._open(session)
+
+    def _open(self, session: Session) -> None:
+        services = self.services
+        if self.hello_timer is not None:
+            self.hello_timer.cancel()
+            self.hello_timer = None
+        self.session = session
+        services.sessions.add(session)
+        self.gauge = services.metrics.ws_connections.labels(session.claims.role)
+        self.gauge.inc()
+        # The welcome, the snapshot (never bound to a name here: a wallboard's is megabytes), and an agent's
+        # open pop and offer (which ring again on a new connection) go out as one write.
+        sub = session.sub
+        items = [Outgoing(welcome := messages.welcome(session.claims, services.liveness.instance_id),
+                          encode(welcome, sub.encoding)),
+                 services.hub.subscribe_message(sub)]
+        is_agent = session.claims.role == "agent"
+        if is_agent:
+            for held in (services.mirror.pops.get(session.claims.sub), services.mirror.offers.get(session.claims.sub)):
+                if held is not None:
+                    items.append(Outgoing(held, encode(held, sub.encoding)))
+        before = sub.sent
+        sub.push_all(items)
+        if sub.sent != before:
+            services.metrics.ws_messages_sent.inc(sub.sent - before)
+        if is_agent:
+            self.opening = asyncio.get_running_loop().create_task(_register(services, session))
+
+    def _name(self) -> str:
+        session = self.session
+        return session.conn_id if session is not None else "(before hello)"
+
+
+async def _register(services: Services, session: Session) -> None:
+    try:
+        if services.routing is not None and not session.can_take_calls:  # before it counts as connected
+            await services.routing.connection_cannot_take_calls(
+                session.claims.sub, session.conn_id, services.liveness.instance_id)
+        await services.liveness.register(session.conn_id, session.claims.sub)
+    except (RedisError, OSError) as exc:  # Redis away: the next lease renewal registers it
+        services.count_redis_error(exc)
+        log.warning("could not register %s now (%s); it is registered when Redis answers", session.conn_id, exc)
+
+
+async def _deregister(services: Services, session: Session, opening: asyncio.Task[None] | None) -> None:
+    if opening is not None and not opening.done():
+        await asyncio.wait([opening])  # a connection gone during its registration: register first, then leave
+    try:
+        await services.liveness.deregister(session.conn_id)
+        if services.routing is not None and not session.can_take_calls:
+            await services.routing.connection_cannot_take_calls(session.claims.sub, session.conn_id, None)
+    except (RedisError, OSError) as exc:  # Redis away: the next renewal replays it
+        services.count_redis_error(exc)
+        log.warning("could not deregister %s now (%s); it is replayed when Redis answers", session.conn_id, exc)
+
+
+def _pinger(services: Services) -> Pinger:
+    pinger = services.pinger
+    if pinger is None:
+        pinger = services.pinger = Pinger(HEARTBEAT_S)
+    return pinger
+
+
+async def websocket_handler(request: web.Request) -> web.StreamResponse:
+    services = request.app[SERVICES]
+    if not services.origin_allowed(request):
+        return web.Response(status=403, text="websocket origin not allowed\n")
+    if services.draining:
+        return web.Response(status=503, text="this instance is restarting; connect again\n")
+    # aiohttp checks the upgrade (and answers a bad one with its 400 naming the problem); compress=False: frames
+    # are serialized and framed once for every subscriber of a topic (wallboard/hub.py).
+    checker = web.WebSocketResponse(protocols=(JSON_PROTOCOL, MSGPACK_PROTOCOL), compress=False)
+    ready = checker.can_prepare(request)
+    if not ready.ok:
+        await checker.prepare(request)  # raises the 400
+        return checker
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        raise ConnectionResetError("the client left before the handshake")
+    encoding = "msgpack" if ready.protocol == MSGPACK_PROTOCOL else "json"
+    transport.write(handshake(request, ready.protocol))
+    take_over(request, Connection(services, encoding))
+    return TakenOver()  # never written: the socket belongs to the Connection now
