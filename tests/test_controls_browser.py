@@ -20,8 +20,8 @@ from callboard.services import Settings
 from callflow.testing import FakeTwilio
 from simulator.twilio_api import TwilioEmulator
 from tests.conftest import SECRET, TWILIO_TOKEN, make_config, token
+from tests.test_browser import JS_TEXT_IS, text_of, tid, wait_js
 from tests.test_browser import http as browser_http
-from tests.test_browser import text_of, tid, wait_js
 from tests.test_controls import (
     ACCOUNT,
     LONG_LEASES,
@@ -341,7 +341,9 @@ async def test_conference_offer_is_accepted_and_its_participant_call_answered_by
     assert await page.locator(tid("sp-incoming")).is_hidden()
     await emu.answer("alice")  # Twilio's side of that answer: the participant's answered callback = the bridge
     await wait_js(page, "() => !document.querySelector('[data-testid=\"sp-controls\"]').hidden", timeout_s=10)
-    assert await text_of(page, "pop-from") == "+15552220001"
+    # The controls show at the SDK's accept (sp.sdkCall, in the page); the pop is written only at the bridge
+    # (the answered callback above) and reaches the page through Redis, the follower and the socket: later.
+    await wait_js(page, JS_TEXT_IS, [tid("pop-from"), "+15552220001"], timeout_s=10)
     conf = emu.conference_named(caller)
     assert conf is not None and conf.region == "jp1" and len(conf.participants) == 2
     assert errors == []
@@ -382,7 +384,7 @@ async def test_a_transfer_rings_in_the_console_as_an_offer_and_accept_answers_it
     await until(lambda: _is_state(phone, "bob", "on-call"))
     await wait_js(page, "() => !document.querySelector('[data-testid=\"sp-controls\"]').hidden", timeout_s=10)
     assert await page.locator(tid("offer")).is_hidden()
-    assert await text_of(page, "pop-from") == "+15551230001"
+    await wait_js(page, JS_TEXT_IS, [tid("pop-from"), "+15551230001"], timeout_s=10)  # the pop: as above
     await until(lambda: _is_state(phone, "alice", "wrap-up"))  # cold: alice was removed
     assert (await phone.call(caller))["agent"] == "bob"
     assert page.errors == []

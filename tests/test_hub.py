@@ -99,6 +99,41 @@ def test_deltas_rebuild_the_snapshot(steps: list[list[dict[str, Any]]], topics: 
     asyncio.run(scenario())
 
 
+def test_a_subscriber_joining_between_a_change_and_its_flush_sees_it_undone() -> None:
+    """An offer rings and is accepted within one tick: `ringing` goes true then false before the hub flushes,
+    so no delta ever carries it. A wallboard that connected in between must not keep `ringing: true` (seen in
+    full suite runs: tests/test_routing.py::test_whole_path_offer_accept_bridge_hangup): its snapshot is the
+    published state, and the next flush's delta brings it to the mirror's, whichever path built it."""
+    async def scenario() -> None:
+        config = make_config()
+        clock = FakeClock()
+        mirror = Mirror(config, QueueStatsMirror(config, clock))
+        hub = Hub(mirror, clock, tick_ms=50)
+        hub.reset_published()
+        changes = Changes()
+        mirror.apply_entry("offer", "alice", {"type": "offer", "offer_id": "of1", "call_sid": "CA1",
+                                              "queue": "support", "expires_ms": 15_000}, changes)
+        hub.notify(changes)  # the flush waits for the end of this loop turn (or a tick): not yet
+        assert mirror.agents["alice"]["ringing"] is True
+        as_dict = Subscriber({"all"}, "msgpack", on_slow=lambda: None)
+        as_json = Subscriber({"team:support"}, "json", on_slow=lambda: None)
+        documents = [hub.subscribe(as_dict), json.loads(hub.subscribe_message(as_json).data)]
+        changes = Changes()
+        mirror.apply_entry("offer_ended", "alice", {"type": "offer_ended", "offer_id": "of1", "call_sid": "CA1",
+                                                    "reason": "accepted", "missed_offers": 0}, changes)
+        hub.notify(changes)
+        hub.flush()
+        for sub, topics in ((as_dict, {"all"}), (as_json, {"team:support"})):
+            document = documents.pop(0)
+            for message in sub.outbox:
+                if message.obj.get("type") == "delta":
+                    document = patch.apply(document, {k: v for k, v in message.obj.items() if k != "type"})
+            assert document["agents"]["alice"]["ringing"] is False, sub.encoding
+            assert scoped(document) == scoped(hub.snapshot(topics))
+
+    asyncio.run(scenario())
+
+
 def test_teammates_connecting_together_share_one_snapshot_until_something_changes() -> None:
     """Issue 15, the connect storm: a team's agents cover the same agents and queues (their own agent topic is
     inside their team's), so the snapshot is built once for them; a change, or one tick, ends the sharing."""
@@ -119,6 +154,7 @@ def test_teammates_connecting_together_share_one_snapshot_until_something_change
         mirror.apply_entry("agent", north[0].id, {"state": "away", "reason": "lunch", "since_ms": 5, "seq": 1,
                                                   "connections": 1}, changes)
         hub.notify(changes)
+        hub.flush()  # snapshots are the published state: the change shows once it is published
         after = hub.shared_snapshot_json(second)
         assert after is not one and '"reason":"lunch"' in after and after == hub.snapshot_json(second)
         await asyncio.sleep(0.08)  # a tick later nothing is kept: an idle hub holds no snapshot text

@@ -23,6 +23,7 @@ async def index(request: web.Request) -> web.StreamResponse:
 async def snapshot(request: web.Request) -> web.StreamResponse:
     claims = _claims(request, "wallboard", "supervisor")
     services = _services(request)
+    services.hub.flush_pending()  # snapshots are the published state; this one is read once, never followed
     body = services.hub.snapshot_json(messages.topics_for(claims, services.config))
     return web.Response(text=body, content_type="application/json", headers=JSON_HEADERS)
 

@@ -294,15 +294,31 @@ class Hub:
                     del self._by_topic[topic]
 
     def snapshot(self, topics: Iterable[str]) -> dict[str, Any]:
+        """The published state of these topics: what the deltas of the next flush are computed against.
+
+        Never the mirror's state of the moment: between the follower's notify and the flush (up to a tick)
+        the mirror is ahead of what was published, and a change that comes and goes within that tick (an
+        offer accepted a few ms after it rang: `ringing` true, then false) yields no delta at all. A snapshot
+        taken from the mirror in between would keep the passing value for good; taken from the published
+        state, the next flush's delta brings it to the mirror's, as for every other subscriber.
+        """
         now_ms = self.clock.now_ms()
         agent_ids, queue_names = self.covered(topics)
         return {
             "type": "snapshot",
             "server_time_ms": now_ms,
             "center": without_nulls(self.mirror.center()),
-            "agents": {a: without_nulls(self.mirror.agents[a]) for a in agent_ids},
-            "queues": {q: without_nulls(self.mirror.queue_entry(q, now_ms)) for q in queue_names},
+            "agents": {a: without_nulls(self._published_agent(a)) for a in agent_ids},
+            "queues": {q: without_nulls(self._published_queue(q, now_ms)) for q in queue_names},
         }
+
+    def _published_agent(self, agent_id: str) -> dict[str, Any]:
+        published = self._published_agents.get(agent_id)
+        return published if published is not None else self.mirror.agents[agent_id]
+
+    def _published_queue(self, queue: str, now_ms: int) -> dict[str, Any]:
+        published = self._published_queues.get(queue)
+        return published if published is not None else self.mirror.queue_entry(queue, now_ms)
 
     def snapshot_json(self, topics: Iterable[str]) -> str:
         """`snapshot(topics)` as JSON text, identical to encode(snapshot, "json"), built from per-agent JSON
@@ -312,14 +328,14 @@ class Hub:
         now_ms = self.clock.now_ms()
         agent_ids, queue_names = self.covered(topics)
         fragments = self._agent_json
-        agents = self.mirror.agents
         parts = []
         for agent_id in agent_ids:
             fragment = fragments.get(agent_id)
             if fragment is None:
-                fragment = fragments[agent_id] = _dumps(agent_id) + ":" + _dumps(without_nulls(agents[agent_id]))
+                fragment = fragments[agent_id] = (_dumps(agent_id) + ":"
+                                                  + _dumps(without_nulls(self._published_agent(agent_id))))
             parts.append(fragment)
-        queues = _dumps({q: without_nulls(self.mirror.queue_entry(q, now_ms)) for q in queue_names})
+        queues = _dumps({q: without_nulls(self._published_queue(q, now_ms)) for q in queue_names})
         center = _dumps(without_nulls(self.mirror.center()))
         return (f'{{"type":"snapshot","server_time_ms":{now_ms},"center":{center},'
                 f'"agents":{{{",".join(parts)}}},"queues":{queues}}}')
@@ -393,6 +409,8 @@ class Hub:
         now_ms = self.clock.now_ms()
         self._published_agents = {a: dict(e) for a, e in self.mirror.agents.items()}
         self._published_queues = {q.name: self.mirror.queue_entry(q.name, now_ms) for q in self.mirror.config.queues}
+        self._agent_json.clear()  # snapshots are built from the published state: it was just replaced
+        self._snapshots.clear()
 
     def notify(self, changes: Changes) -> None:
         """Called by the follower after applying entries; pops go out at once, deltas at the next flush."""
@@ -412,6 +430,13 @@ class Hub:
         # Idle (no flush within the last tick): at the end of this loop turn, so that whatever the follower
         # applies in this turn goes as one delta. Busy: coalesce until a tick after the last flush.
         self._scheduled = loop.call_later(wait, self.flush) if wait > 0 else loop.call_soon(self.flush)
+
+    def flush_pending(self) -> None:
+        """Flush now what waits for the next tick, so the published state is the mirror's (GET /api/snapshot:
+        a one-shot read that no delta follows, so it must not be a tick behind)."""
+        if self._scheduled is not None:
+            self._scheduled.cancel()
+            self.flush()
 
     def flush(self) -> None:
         """Compute the pending deltas and write them to every subscriber. Synchronous: never awaits a socket."""
@@ -445,6 +470,7 @@ class Hub:
                 self._published_queues[queue] = current_q
         if not (agent_patches or queue_patches):
             return
+        self._snapshots.clear()  # built from the published state, which just moved
         self.flushes += 1
         # The topics these changes touch, each with its part of the delta: proportional to what changed.
         by_topic = self._by_topic
