@@ -13,11 +13,12 @@ from typing import Any
 
 import aiohttp
 import pytest
+import websockets
 
 from callboard import keys
 from callboard.clock import FakeClock
 from callboard.services import SERVICES
-from tests.conftest import token
+from tests.conftest import WsClient, token, ws_url
 from tests.routing_support import OfferCenter, next_message, offer_config, start_center
 
 # The directory's answer for a caller it does not know (the stand-in for cb:caller:{CallSid}).
@@ -519,3 +520,32 @@ async def test_caller_hanging_up_while_the_accepted_agent_rings_is_an_abandon(ce
 
 async def _ringing(center: OfferCenter, caller_sid: str) -> bool:
     return any(c.parent_sid == caller_sid and c.status == "ringing" for c in center.emu.calls.values())
+
+
+async def test_console_ready_right_after_its_hello_is_offered_calls(center_factory: Any) -> None:
+    """The console says "can_take_calls": false in its hello (the SDK is still registering) and true a moment
+    later. The hello's "cannot" is written by the registration task, the "can" by the toggle: the toggle must
+    wait for the registration, or a slow first write lands last and the agent is never offered a caller (seen
+    once in CI). The first write is slowed here (fault injection around the real router method)."""
+    center = await center_factory()
+    router = center.services().routing
+    real = router.connection_cannot_take_calls
+
+    async def slow_cannot(agent: str, conn_id: str, instance: str | None) -> None:
+        if instance:  # the hello's "cannot": Redis answers it late
+            await asyncio.sleep(0.3)
+        await real(agent, conn_id, instance)
+
+    router.connection_cannot_take_calls = slow_cannot
+    conn = await websockets.connect(ws_url(center.servers[0]), subprotocols=["callboard.v1.json"], open_timeout=5)
+    alice = WsClient(conn)
+    center.clients.append(alice)
+    await alice.send({"type": "hello", "token": token("alice"), "can_take_calls": False})
+    alice.welcome = await alice.recv()  # the registration (and its slowed "cannot") has begun
+    await alice.send({"type": "can_take_calls", "value": True})
+    await alice.wait_for(lambda s: s.get("agents", {}).get("alice", {}).get("connections", 0) >= 1, timeout=15)
+    await asyncio.sleep(0.5)  # both writes done, in whatever order they ran
+    assert await center.redis.hlen(keys.no_calls("alice")) == 0
+    caller = await center.caller(info=NO_CUSTOMER)
+    offer = await next_message(alice, "offer")
+    assert offer["call_sid"] == caller.sid

@@ -15,6 +15,7 @@ import logging
 import secrets
 import socket
 import struct
+from collections.abc import Awaitable
 from typing import Any
 
 from aiohttp import web
@@ -182,8 +183,12 @@ class Session:
         router = self.services.routing
         if router is not None:
             instance = None if value else self.services.liveness.instance_id
+            conn = self.conn
+            # after the registration (which writes the hello's "cannot") and any earlier toggle: written in
+            # another order, a console that became ready right after its hello stayed "cannot take calls"
             task = asyncio.get_running_loop().create_task(
-                router.connection_cannot_take_calls(self.claims.sub, self.conn_id, instance))
+                _after(conn.opening, router.connection_cannot_take_calls(self.claims.sub, self.conn_id, instance)))
+            conn.opening = task  # the next toggle and the deregistration wait for this one
             task.add_done_callback(self._report_answer)
 
     def _report_answer(self, task: asyncio.Future[str | None]) -> None:
@@ -449,6 +454,13 @@ class Connection(asyncio.Protocol):
     def _name(self) -> str:
         session = self.session
         return session.conn_id if session is not None else "(before hello)"
+
+
+async def _after(previous: asyncio.Task[Any] | None, step: Awaitable[Any]) -> Any:
+    """Run `step` once `previous` (a connection's registration or earlier write) has finished, however."""
+    if previous is not None and not previous.done():
+        await asyncio.wait([previous])
+    return await step
 
 
 async def _register(services: Services, session: Session) -> None:
