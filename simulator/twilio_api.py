@@ -617,8 +617,18 @@ class TwilioEmulator:
         """Act on a TwiML document for a call, as Twilio would (for tests that fetched it themselves)."""
         await self._run_twiml(self.calls[call_sid], twiml, base_url="")
 
-    async def answer(self, identity: str) -> None:
-        """A "wait" softphone answers what is ringing it."""
+    async def answer(self, identity: str, timeout_s: float = 10.0) -> None:
+        """A "wait" softphone answers what is ringing it.
+
+        A call that is about to ring it (a Participants request answered, its ringing callbacks still on their
+        way) is waited for, up to `timeout_s`: answering nothing would silently leave it ringing into a
+        no-answer. Nothing ringing by then is an error (LookupError), never a quiet no-op.
+        """
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while identity not in self.ringing.values():
+            if asyncio.get_running_loop().time() > deadline:
+                raise LookupError(f"nothing is ringing {identity!r} to answer")
+            await asyncio.sleep(0.01)
         for sid, who in list(self.ringing.items()):
             if who != identity:
                 continue

@@ -423,3 +423,15 @@ async def browser() -> AsyncIterator[Any]:
             yield b
         finally:
             await b.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def checkout_data_dir_untouched() -> Any:
+    """No test may use the checkout's own data directory (.callboard/: its SQLite file would be shared by
+    every test that forgot its own data_dir, and a file one test holds can stall another's instance)."""
+    data = Path(__file__).resolve().parent.parent / ".callboard"
+    db = data / "callboard.db"
+    before = db.stat().st_mtime_ns if db.exists() else None
+    yield
+    after = db.stat().st_mtime_ns if db.exists() else None
+    assert after == before, f"a test wrote {db}: give its Settings a data_dir of its own (tmp_path)"

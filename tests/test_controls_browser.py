@@ -10,6 +10,7 @@ REST requests to the emulator, presence, the websocket — is the real thing.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -290,7 +291,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 async def test_conference_offer_is_accepted_and_its_participant_call_answered_by_the_console(
-        browser: Any, aiohttp_server: Any, redis_url: str, redis: Redis) -> None:
+        browser: Any, aiohttp_server: Any, redis_url: str, redis: Redis, tmp_path: Path) -> None:
     from callboard.app import build_app
     from tests.routing_support import OFFER_ROUTING, free_port
 
@@ -300,7 +301,7 @@ async def test_conference_offer_is_accepted_and_its_participant_call_answered_by
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     settings = Settings(secret=SECRET, twilio_auth_token=TWILIO_TOKEN, twilio_account_sid=ACCOUNT, public_url=base,
-                        twilio_api_url=f"http://127.0.0.1:{emu_server.port}", **VOICE)
+                        twilio_api_url=f"http://127.0.0.1:{emu_server.port}", data_dir=tmp_path / "data", **VOICE)
     config = make_config(center={"bridge": "conference", "conference_region": "jp1"}, routing=OFFER_ROUTING,
                          server={"voice_sdk_url": "https://sdk.invalid/twilio.min.js"})
     app = build_app(config, settings, Redis.from_url(redis_url, socket_timeout=10), close_redis=True)

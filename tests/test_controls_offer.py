@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
 
@@ -39,13 +40,15 @@ class OfferPhone:
 
 
 @pytest.fixture
-async def offer_phone(aiohttp_server: Any, aiohttp_client: Any, redis_url: str, redis: Redis) -> AsyncIterator[OfferPhone]:
+async def offer_phone(aiohttp_server: Any, aiohttp_client: Any, redis_url: str, redis: Redis,
+                      tmp_path: Path) -> AsyncIterator[OfferPhone]:
     emu = TwilioEmulator(ACCOUNT, TWILIO_TOKEN)
     emu_server = await aiohttp_server(emu.app(), host="127.0.0.1")
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     settings = Settings(secret=SECRET, twilio_auth_token=TWILIO_TOKEN, public_url=base, twilio_account_sid=ACCOUNT,
-                        twilio_api_url=f"http://127.0.0.1:{emu_server.port}")
+                        twilio_api_url=f"http://127.0.0.1:{emu_server.port}",
+                        data_dir=tmp_path / "data")  # its own SQLite file, never the checkout's .callboard/
     config = make_config(center={"bridge": "conference", "conference_region": "jp1", "wrap_up_s": 10},
                          routing=OFFER_ROUTING)
     app = build_app(config, settings, Redis.from_url(redis_url, socket_timeout=10), instance_id="inst0",
