@@ -89,6 +89,13 @@ def setup_logging(fmt: str = "text", level: str = "INFO", secrets: Iterable[str 
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # the twilio package logs every REST request's URL and headers at INFO (a dozen lines per call control);
+    # its warnings and errors still show, and callboard logs what it asked Twilio and why itself
+    for name in QUIET_LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
+
+
+QUIET_LIBRARY_LOGGERS = ("twilio.http_client", "twilio.async_http_client")
 
 
 class AccessLogger(AbstractAccessLogger):

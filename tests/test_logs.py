@@ -377,3 +377,22 @@ def test_credentials_are_masked_by_their_shape_even_when_unknown() -> None:
         "headers {'X-Twilio-Signature': '[redacted]'}",
         "Bearer token missing",
     ]
+
+
+def test_the_twilio_packages_request_dumps_stay_out_of_the_log() -> None:
+    """twilio's HTTP clients log each REST request's URL and headers at INFO: not in callboard's log."""
+    import logging
+
+    from callboard.logs import setup_logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    setup_logging(level="INFO")
+    try:
+        for name in ("twilio.http_client", "twilio.async_http_client"):
+            logger = logging.getLogger(name)
+            assert not logger.isEnabledFor(logging.INFO) and logger.isEnabledFor(logging.WARNING)
+        assert logging.getLogger("aiohttp.access").isEnabledFor(logging.INFO)
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
