@@ -275,8 +275,8 @@ class _Agent:
         if target is None:
             return False
         status, body = await demo.api(self, caller, "transfer", {"agent": target.id})
-        if status == 409 and body.get("code") in ("agent_busy", "transfer_pending"):
-            demo.report.counts["transfers_refused"] += 1  # they became busy meanwhile: the server said so
+        if status == 409 and body.get("code") in ("agent_busy", "agent_ringing", "transfer_pending"):
+            demo.report.counts["transfers_refused"] += 1  # busy or being offered a call meanwhile: the server said so
             return False
         if status != 200:
             demo.error("transfer", caller, status, body)

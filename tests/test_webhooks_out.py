@@ -212,6 +212,11 @@ async def test_a_restart_in_the_middle_of_retries_still_delivers(aiohttp_server:
         runner = asyncio.create_task(box2.run())
         try:
             await until(lambda: len(receiver.delivered) == 1)
+            # the receiver has answered; the outbox writes "delivered" once that answer reaches it
+            for _ in range(100):
+                if (await box2.deliveries(None, 10))[0]["status"] == "delivered":
+                    break
+                await asyncio.sleep(0.05)
         finally:
             runner.cancel()
             await asyncio.gather(runner, return_exceptions=True)
