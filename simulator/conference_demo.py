@@ -38,6 +38,7 @@ from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from callboard.auth import issue_token
 from callboard.config import Config
+from simulator.crew import Crew
 from simulator.twilio_api import ENDED, EmuCall, TwilioEmulator, new_sid
 
 log = logging.getLogger("callboard.simulator.conference")
@@ -316,7 +317,8 @@ class ConferenceDemo:
         self.rng = random.Random(seed)
         self.behaviour = behaviour or ConferenceBehaviour()
         self.report = DemoReport()
-        self.tasks: set[asyncio.Task[Any]] = set()
+        self.crew = Crew(self.report.counts, stop, log, "conference demo")
+        self.spawn, self.wall_sleep = self.crew.spawn, self.crew.sleep
         self.agents = {a.id: _Agent(self, a.id, tuple(a.queues)) for a in config.agents}
         self.numbers = [(q.name, q.numbers[0]) for q in config.queues if q.numbers]
         self.queue_of: dict[str, str] = {}  # caller sid -> the queue it was first offered to
@@ -328,21 +330,6 @@ class ConferenceDemo:
 
     async def sleep(self, simulated_s: float) -> None:
         await self.wall_sleep(simulated_s / self.speed)
-
-    async def wall_sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.stop.wait(), seconds)
-
-    def spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[Any]) -> None:
-        self.tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            self.report.counts["errors"] += 1
-            log.error("conference demo task failed", exc_info=task.exception())
 
     def waiting_queue(self, queues: tuple[str, ...]) -> str | None:
         """The agent's queue whose front caller has waited longest (what the console shows), or None."""
@@ -488,8 +475,5 @@ class ConferenceDemo:
         self.count_ended()
         if self.baseline is not None:
             await self.check_statistics(self.baseline)
-        for task in list(self.tasks):
-            task.cancel()
-        if self.tasks:
-            await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.crew.cancel_all()
         log.info("conference demo: %s", self.report.line())

@@ -26,6 +26,7 @@ from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from callboard.auth import issue_token
 from callboard.config import Config
+from simulator.crew import Crew
 from simulator.twilio_api import EmuCall, TwilioEmulator
 
 log = logging.getLogger("callboard.simulator.offers")
@@ -160,24 +161,13 @@ class OfferDemo:
         self.rng = random.Random(seed)
         self.behaviour = behaviour or OfferBehaviour()
         self.report = OfferDemoReport()
-        self.tasks: set[asyncio.Task[Any]] = set()
+        self.crew = Crew(self.report.counts, stop, log, "offer demo")
+        self.spawn = self.crew.spawn
         self.agents = {a.id: _Agent(self, a.id) for a in config.agents}
         self.numbers = [(q.name, q.numbers[0]) for q in config.queues if q.numbers]
 
     async def sleep(self, simulated_s: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.stop.wait(), simulated_s / self.speed)
-
-    def spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[Any]) -> None:
-        self.tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            self.report.counts["errors"] += 1
-            log.error("offer demo task failed", exc_info=task.exception())
+        await self.crew.sleep(simulated_s / self.speed)
 
     async def caller(self, n: int) -> None:
         queue, number = self.rng.choice(self.numbers)
@@ -197,8 +187,7 @@ class OfferDemo:
         n = 0
         rate_per_s = self.calls_per_minute / 60.0 * self.speed
         while not self.stop.is_set() and rate_per_s > 0 and self.numbers:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop.wait(), self.rng.expovariate(rate_per_s))
+            await self.crew.sleep(self.rng.expovariate(rate_per_s))
             if self.stop.is_set():
                 break
             n += 1
@@ -216,8 +205,5 @@ class OfferDemo:
                     await self.emu.hangup(call.sid)
                 except Exception:  # a boundary: stopping goes on for the other calls
                     log.exception("offer demo: hanging up %s failed", call.sid)
-        for task in list(self.tasks):
-            task.cancel()
-        if self.tasks:
-            await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.crew.cancel_all()
         log.info("offer demo: %s", self.report.line())

@@ -84,12 +84,12 @@ async def test_queues_and_members_have_twilio_shapes(emulator: Any, webhook_sink
 
 
 async def test_unknown_member_is_twilio_error_json(emulator: Any) -> None:
-    async with aiohttp.ClientSession(auth=aiohttp.BasicAuth(ACCOUNT, TOKEN)) as http:
+    async with aiohttp.ClientSession(headers={"Authorization": aiohttp.encode_basic_auth(ACCOUNT, TOKEN)}) as http:
         url = f"{emulator.base_url}/2010-04-01/Accounts/{ACCOUNT}/Queues/QUnope/Members/CAnope.json"
         async with http.post(url, data={"Url": "http://127.0.0.1:1/x"}) as resp:
             body = await resp.json()
         assert resp.status == 404 and body["code"] == 20404 and body["status"] == 404 and body["more_info"]
-    async with aiohttp.ClientSession(auth=aiohttp.BasicAuth(ACCOUNT, "wrong")) as http:
+    async with aiohttp.ClientSession(headers={"Authorization": aiohttp.encode_basic_auth(ACCOUNT, "wrong")}) as http:
         async with http.get(f"{emulator.base_url}/2010-04-01/Accounts/{ACCOUNT}/Queues.json") as resp:
             assert resp.status == 401 and (await resp.json())["code"] == 20003
 
