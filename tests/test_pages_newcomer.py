@@ -70,6 +70,13 @@ async def test_customers_and_reports_pages_speak_japanese(browser: Any, make_ins
     w.check()
     await w.page.context.close()
 
+    # the theme button names the theme it switches to, from the first paint on
+    w = await open_at(browser, f"{base_url(server)}/reports?lang=ja&theme=light#token={boss}", 1280, 800)
+    await wait_js(w.page, "() => !document.getElementById('reports').hidden", timeout_s=10)
+    assert await w.page.locator(tid("theme-toggle")).text_content() == "ダーク"
+    w.check()
+    await w.page.context.close()
+
     # in English the outcomes read as words, not as the API's enum values
     w = await open_at(browser, f"{base_url(server)}/reports?lang=en#token={boss}", 1280, 800)
     await wait_js(w.page, "() => !document.getElementById('reports').hidden", timeout_s=10)
