@@ -28,6 +28,8 @@ const $ = (id) => document.getElementById(id);
 
 let token = null;
 let center = { timezone: "UTC", name: "" };
+let agentNames = {}; // id -> name, from the snapshot: the history shows "Alice Moreau", as the agents' day does
+const agentName = (id) => agentNames[id] || id;
 let nextCursor = null;
 
 // ---------------------------------------------------------------------------------------------
@@ -224,7 +226,7 @@ function callRow(c) {
     el("td", { textContent: c.from || EM_DASH }),
     el("td", { textContent: c.queue || EM_DASH }),
     el("td", { className: `rp-outcome rp-o-${c.outcome || "unknown"}`, textContent: c.outcome ? outcomeLabel(c.outcome) : EM_DASH }),
-    el("td", { textContent: c.agent || EM_DASH }),
+    el("td", { textContent: c.agent ? agentName(c.agent) : EM_DASH, title: c.agent || "" }),
     el("td", { className: "num", textContent: formatDuration(c.wait_s) }),
     el("td", { className: "num", textContent: formatDuration(c.talk_s) }),
     el("td", { className: "num", textContent: formatDuration(c.handle_s) }));
@@ -285,7 +287,8 @@ async function start() {
   center = snapshot.center || center;
   $("center-name").textContent = center.name || "";
   fillSelect($("queue"), Object.keys(snapshot.queues || {}));
-  fillSelect($("agent"), Object.keys(snapshot.agents || {}), (id) => snapshot.agents[id].name || id);
+  agentNames = Object.fromEntries(Object.entries(snapshot.agents || {}).map(([id, a]) => [id, a.name || id]));
+  fillSelect($("agent"), Object.keys(agentNames), agentName);
   fillSelect($("outcome"), OUTCOMES, outcomeLabel);
   if (!$("day").value) $("day").value = new URLSearchParams(location.search).get("date") || localParts(Date.now()).date;
   await Promise.all([loadIntraday(), loadAgents(), loadCalls()]);
