@@ -279,6 +279,10 @@ async def _serve(args: argparse.Namespace, *, demo: bool) -> int:
                      + (f" in {config.center.conference_region}" if config.center.bridge == "conference" else "")
                      + f"; Twilio's REST API is the emulator on {emulator_url}")
     setup_logging(args.log_format, secrets=[settings.secret, settings.twilio_auth_token, settings.twilio_api_secret])
+    if demo:
+        # the simulated center's webhooks are several requests a second: their access-log lines pushed the
+        # links the demo prints out of sight within seconds (`callboard serve` keeps its access log)
+        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     for note in notes:
         log.info(note)
     if len(settings.secret) < 32:
@@ -364,6 +368,10 @@ async def _run_demo_simulation(args: argparse.Namespace, config: Config, setting
     if agent_id:
         agent = issue_token(secret, agent_id, "agent", 7 * 86400)
         print(f"  Agent console:  {base}/agent#token={agent}   (the simulator drives {agent_id} too)", flush=True)
+    # a supervisor's pages: what the demo center's calls became (records) and its customer directory
+    boss = issue_token(secret, "demo-supervisor", "supervisor", 7 * 86400)
+    print(f"  Reports:        {base}/reports#token={boss}", flush=True)
+    print(f"  Customers:      {base}/customers#token={boss}", flush=True)
     print(f"  Metrics:        {base}/metrics\n  Stop with Ctrl-C.\n", flush=True)
     if emulator is not None and config.center.bridge == "conference":
         from simulator.conference_demo import ConferenceDemo

@@ -95,7 +95,8 @@ def setup_logging(fmt: str = "text", level: str = "INFO", secrets: Iterable[str 
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
 
 
-QUIET_LIBRARY_LOGGERS = ("twilio.http_client", "twilio.async_http_client")
+# alembic.runtime.plugins: seven "setup plugin ..." lines at every start, about alembic's own machinery
+QUIET_LIBRARY_LOGGERS = ("twilio.http_client", "twilio.async_http_client", "alembic.runtime.plugins")
 
 
 class AccessLogger(AbstractAccessLogger):

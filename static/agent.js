@@ -462,7 +462,8 @@ function presenceOnly(reason) {
   voice.ready = false;
   offers.voiceUnavailable();
   dom.takeNext.disabled = true;
-  voiceNotice(t("Presence only: {reason}", { reason }), true);
+  // the reason is the server's English sentence (or one of ours below): shown translated when we have it
+  voiceNotice(t("Presence only: {reason}", { reason: t(reason) }), true);
   dom.takeNext.dataset.voice = "unavailable";
 }
 
@@ -480,7 +481,7 @@ async function fetchVoiceToken() {
     body = null;
   }
   if (!response.ok) {
-    throw new Error(body?.error || `the voice token request failed (HTTP ${response.status})`);
+    throw new Error(body?.error || t("the voice token request failed (HTTP {status})", { status: response.status }));
   }
   if (!body || typeof body.token !== "string") throw new Error("the voice token answer has no token");
   return body;

@@ -8,13 +8,28 @@ import {
 const t = window.t || ((s, v) => v ? s.replace(/\{(\w+)\}/g, (_, k) => v[k]) : s);
 
 const PAGE = "reports";
-const OUTCOMES = ["answered", "abandoned", "short_abandoned", "unstaffed", "queue_full", "waiting", "leave",
-  "redirected", "error", "other"];
+// A call's outcome (records/: DESIGN.md's queue outcomes) and the words a supervisor reads for it.
+const OUTCOME_LABELS = {
+  answered: "answered",
+  abandoned: "abandoned",
+  short_abandoned: "hung up at once",
+  unstaffed: "no agent signed in",
+  queue_full: "queue full",
+  waiting: "waiting",
+  leave: "left the queue",
+  redirected: "redirected",
+  error: "error",
+  other: "other",
+};
+const OUTCOMES = Object.keys(OUTCOME_LABELS);
+const outcomeLabel = (outcome) => t(OUTCOME_LABELS[outcome] || outcome);
 const SVG_NS = "http://www.w3.org/2000/svg";
 const $ = (id) => document.getElementById(id);
 
 let token = null;
 let center = { timezone: "UTC", name: "" };
+let agentNames = {}; // id -> name, from the snapshot: the history shows "Alice Moreau", as the agents' day does
+const agentName = (id) => agentNames[id] || id;
 let nextCursor = null;
 
 // ---------------------------------------------------------------------------------------------
@@ -210,8 +225,8 @@ function callRow(c) {
     el("td", { textContent: formatMs(c.entered_ms) }),
     el("td", { textContent: c.from || EM_DASH }),
     el("td", { textContent: c.queue || EM_DASH }),
-    el("td", { className: `rp-outcome rp-o-${c.outcome || "unknown"}`, textContent: c.outcome ? t(c.outcome) : EM_DASH }),
-    el("td", { textContent: c.agent || EM_DASH }),
+    el("td", { className: `rp-outcome rp-o-${c.outcome || "unknown"}`, textContent: c.outcome ? outcomeLabel(c.outcome) : EM_DASH }),
+    el("td", { textContent: c.agent ? agentName(c.agent) : EM_DASH, title: c.agent || "" }),
     el("td", { className: "num", textContent: formatDuration(c.wait_s) }),
     el("td", { className: "num", textContent: formatDuration(c.talk_s) }),
     el("td", { className: "num", textContent: formatDuration(c.handle_s) }));
@@ -272,8 +287,9 @@ async function start() {
   center = snapshot.center || center;
   $("center-name").textContent = center.name || "";
   fillSelect($("queue"), Object.keys(snapshot.queues || {}));
-  fillSelect($("agent"), Object.keys(snapshot.agents || {}), (id) => snapshot.agents[id].name || id);
-  fillSelect($("outcome"), OUTCOMES, (o) => t(o));
+  agentNames = Object.fromEntries(Object.entries(snapshot.agents || {}).map(([id, a]) => [id, a.name || id]));
+  fillSelect($("agent"), Object.keys(agentNames), agentName);
+  fillSelect($("outcome"), OUTCOMES, outcomeLabel);
   if (!$("day").value) $("day").value = new URLSearchParams(location.search).get("date") || localParts(Date.now()).date;
   await Promise.all([loadIntraday(), loadAgents(), loadCalls()]);
 }
@@ -285,11 +301,14 @@ function translateStatic() {
 async function main() {
   translateStatic();
   const params = new URLSearchParams(location.search);
-  if (params.get("theme") === "light") document.documentElement.dataset.theme = "light";
+  const root = document.documentElement;
+  // the button names the theme it switches to
+  const labelToggle = () => { $("theme-toggle").textContent = root.dataset.theme === "light" ? t("Dark") : t("Light"); };
+  if (params.get("theme") === "light") root.dataset.theme = "light";
+  labelToggle();
   $("theme-toggle").addEventListener("click", () => {
-    const root = document.documentElement;
     root.dataset.theme = root.dataset.theme === "light" ? "dark" : "light";
-    $("theme-toggle").textContent = root.dataset.theme === "light" ? "Dark" : "Light";
+    labelToggle();
   });
   $("day-form").addEventListener("submit", guard(() => Promise.all([loadIntraday(), loadAgents()])));
   $("filters").addEventListener("submit", guard(() => loadCalls(false)));

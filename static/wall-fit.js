@@ -16,6 +16,7 @@ export const NUMERAL_EM = 3.3;
 export const CELL_W_EM = 9;
 export const CELL_H_EM = 2.7;
 export const CELL_GAP_EM = 0.3;
+export const CELL_W_ROOMY_EM = 13; // the widest a cell grows when there are rows to spare
 export const LEGEND_H_EM = 1.9;
 
 // Legibility floors, as fractions of the screen height. With up to 6 queues the numerals must be at
@@ -24,8 +25,8 @@ export const LEGEND_H_EM = 1.9;
 const QUEUE_U_FEW = 0.0185;
 const QUEUE_U_MANY = 0.0115;
 const FEW_QUEUES = 6;
-const QUEUE_U_MAX = 0.06;
-const QUEUE_PX_MIN = 12; // a card's labels are 0.68 em: 8 px at this unit, the least that still reads // beyond this a single queue's card is only bigger, not better
+const QUEUE_U_MAX = 0.06; // beyond this a single queue's card is only bigger, not better
+const QUEUE_PX_MIN = 12; // a card's labels are 0.68 em: 8 px at this unit, the least that still reads
 const QUEUE_SHARE = 0.66; // of the board, when queues and agents both rotate
 const AGENT_U_PREF = 0.0175;
 const AGENT_U_MIN = 0.013;
@@ -35,9 +36,12 @@ const AGENT_PX_MIN = 11; // an 11 px name is the smallest a 720p screen shows cr
 /**
  * The best grid for n cards in w x h: the column count that gives the largest unit, preferring fewer
  * rows (no half-empty last row, more height left for the agents) when that costs under 5 % and keeps
- * the unit at or above `floor`.
+ * the unit at or above `floor`. With agents below (`agentsBelow`), a grid that would leave a card's
+ * place empty gives way to the fewest rows still at or above `floor` whatever the cost: 3 queues in
+ * 2 x 2 on a 1080p kiosk wall were 7 % bigger than in one row, at the price of a hole beside them and
+ * agent names cut to "Mallory ..." in the height they took.
  */
-export function queueGrid(n, w, h, gap, floor = 0) {
+export function queueGrid(n, w, h, gap, floor = 0, agentsBelow = false) {
   const options = [];
   for (let cols = n; cols >= 1; cols -= 1) {
     const rows = Math.ceil(n / cols);
@@ -46,7 +50,8 @@ export function queueGrid(n, w, h, gap, floor = 0) {
     options.push({ cols, rows, u: Math.max(0, Math.min(cw / QUEUE_W_EM, ch / QUEUE_H_EM)) });
   }
   const best = options.reduce((a, b) => (b.u > a.u ? b : a));
-  const fewer = options.filter((o) => o.rows < best.rows && o.u * 1.05 >= best.u && o.u >= floor);
+  const holes = best.cols * best.rows > n;
+  const fewer = options.filter((o) => o.rows < best.rows && (o.u * 1.05 >= best.u || (agentsBelow && holes)) && o.u >= floor);
   return fewer.length ? fewer.reduce((a, b) => (b.rows < a.rows || (b.rows === a.rows && b.u > a.u) ? b : a)) : best;
 }
 
@@ -102,7 +107,7 @@ export function fitBoard({ width, height, chromeH = 0, queues: nq, slots: na }) 
     // Shrink the agents (down to their floor) before the queues go below theirs.
     for (let a = auPref; a >= auMin - 1e-9; a -= 0.5) {
       const h = boardH - agentsHeightAt(na, a, boardW, gap) - gap;
-      if (h > 0 && queueGrid(nq, boardW, h, gap, uTarget).u >= uTarget) {
+      if (h > 0 && queueGrid(nq, boardW, h, gap, uTarget, true).u >= uTarget) {
         au = a;
         qRegion = h;
         found = true;
@@ -135,7 +140,7 @@ export function fitBoard({ width, height, chromeH = 0, queues: nq, slots: na }) 
   // Queues: the grid for one page's cards, the unit capped, the region shrunk to what the cards use.
   let queues = { u: 0, cols: 1, rows: 0, cellH: 0, regionH: 0, perPage: Math.max(1, qPerPage), pages: 1 };
   if (nq > 0) {
-    const grid = queueGrid(qPerPage, boardW, qRegion, gap, uTarget);
+    const grid = queueGrid(qPerPage, boardW, qRegion, gap, uTarget, na > 0);
     // A card taller than its content (a width-bound unit) would only spread its rows apart: the
     // height it does not use goes to the agents below. Whole pixels, and the unit from the cell, so
     // that rounding never makes a card's content taller than its cell.
@@ -166,6 +171,12 @@ export function fitBoard({ width, height, chromeH = 0, queues: nq, slots: na }) 
   const ag = agentGeometry(au, boardW);
   const gridRoom = Math.max(ag.cellH, left - ag.legendH - gap);
   const rowsFit = Math.max(1, Math.floor((gridRoom + ag.rowGap) / (ag.cellH + ag.rowGap)));
+  // Height to spare under a short grid: fewer, wider cells (up to CELL_W_ROOMY_EM), so that names such as
+  // "Mallory Chen" are not cut beside their time when the rows below would stay empty anyway.
+  while (na > 0 && ag.cols > 1 && Math.ceil(na / (ag.cols - 1)) <= rowsFit
+         && (boardW + ag.rowGap) / (ag.cols - 1) - ag.rowGap <= CELL_W_ROOMY_EM * au) {
+    ag.cols -= 1;
+  }
   const rowsUsed = na === 0 ? 0 : Math.min(rowsFit, Math.ceil(na / ag.cols));
   const perPage = Math.max(1, ag.cols * rowsFit);
   const agents = {

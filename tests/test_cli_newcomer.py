@@ -1,5 +1,6 @@
 """What a newcomer meets first: `callboard init` writes a config that `callboard serve --config` runs, a
-busy port is one English line and exit 2 (never a traceback), and the demo prints the kiosk URL."""
+busy port is one English line and exit 2 (never a traceback), and the demo prints the kiosk URL and a
+supervisor's links to the reports and customers pages, which stay in sight (no access log in the demo)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -95,12 +97,14 @@ def test_a_port_held_by_anyone_is_reported_the_same_way(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
 
 
-def test_the_demo_prints_the_kiosk_url_for_the_wall(tmp_path: Path) -> None:
+def test_the_demo_prints_the_kiosk_url_for_the_wall_and_a_supervisor_s_pages(tmp_path: Path) -> None:
     port = free_port()
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), "PYTHONPATH": str(ROOT),
            "CALLBOARD_DATA": str(tmp_path / "data"), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "callboard", "demo", "--port", str(port), "--calls-per-minute", "0"],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    log_path = tmp_path / "demo.log"
+    with log_path.open("w") as log_file:
+        proc = subprocess.Popen([sys.executable, "-m", "callboard", "demo", "--port", str(port), "--calls-per-minute", "0"],
+                                cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=log_file, text=True)
     try:
         lines: list[str] = []
         assert proc.stdout is not None
@@ -110,6 +114,17 @@ def test_the_demo_prints_the_kiosk_url_for_the_wall(tmp_path: Path) -> None:
                 break
         wall = next((line for line in lines if "Wallboard:" in line), "")
         assert f"http://127.0.0.1:{port}/wallboard?kiosk=1#token=" in wall, "".join(lines)
+        # the reports and customers pages, with a supervisor's token that the API takes
+        reports = next((line for line in lines if "Reports:" in line), "").split()[-1]
+        customers = next((line for line in lines if "Customers:" in line), "").split()[-1]
+        assert reports.startswith(f"http://127.0.0.1:{port}/reports#token="), "".join(lines)
+        assert customers.startswith(f"http://127.0.0.1:{port}/customers#token="), "".join(lines)
+        boss = reports.split("#token=")[1]
+        calls = urllib.request.Request(f"http://127.0.0.1:{port}/api/calls", headers={"Authorization": f"Bearer {boss}"})
+        with urllib.request.urlopen(calls, timeout=30) as resp:
+            assert resp.status == 200
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/reports", timeout=30) as resp:
+            assert resp.status == 200
     finally:
         proc.terminate()
         try:
@@ -117,3 +132,8 @@ def test_the_demo_prints_the_kiosk_url_for_the_wall(tmp_path: Path) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
+    # those requests are not in the demo's log: an access line per request would bury the links above
+    # (a simulated center makes several a second), and neither are alembic's plugin set-up lines
+    logged = log_path.read_text()
+    assert "serving on" in logged, logged  # the log is there
+    assert "aiohttp.access" not in logged and "setup plugin" not in logged, logged

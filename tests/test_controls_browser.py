@@ -21,7 +21,7 @@ from callboard.services import Settings
 from callflow.testing import FakeTwilio
 from simulator.twilio_api import TwilioEmulator
 from tests.conftest import SECRET, TWILIO_TOKEN, make_config, token
-from tests.test_browser import JS_TEXT_IS, text_of, tid, wait_js
+from tests.test_browser import ARTIFACTS, JS_TEXT_IS, text_of, tid, wait_js
 from tests.test_browser import http as browser_http
 from tests.test_controls import (
     ACCOUNT,
@@ -90,6 +90,15 @@ async def _console(browser: Any, phone: Phone, agent: str) -> Any:
     await page.goto(f"http://{phone.server.host}:{phone.server.port}/agent#token={token(agent)}")
     await wait_js(page, "() => document.querySelector('[data-testid=\"device-state\"]')?.dataset.state === 'ready'")
     return page
+
+
+async def shot(page: Any, name: str) -> None:
+    """The whole console to artifacts/browser/<name>, and to docs/screenshots/ with CALLBOARD_SCREENSHOTS=1."""
+    from tests.test_wall_fit import docs_shot
+
+    for path in filter(None, [ARTIFACTS / name, docs_shot(name)]):
+        await page.screenshot(path=str(path), full_page=True)
+        assert path.stat().st_size < 300_000, (path, path.stat().st_size)
 
 
 async def sdk_log(page: Any) -> list[Any]:
@@ -173,6 +182,13 @@ async def test_conference_controls_from_the_console(browser: Any, make_instance:
     assert status == 200
     await wait_js(page, "() => !document.querySelector('[data-testid=\"monitor-banner\"]').hidden")
     assert "boss" in await text_of(page, "monitor-banner") and "coaching" in await text_of(page, "monitor-banner")
+    # docs/softphone.md's picture of the in-call controls on the conference bridge (transfer picker included):
+    # the SDK's call says it is connected, as Twilio's would once the agent leg is up; the keypad folded
+    await page.evaluate("() => window.__sdk.calls[0].emit('accept', window.__sdk.calls[0])")
+    await wait_js(page, JS_TEXT_IS, [tid("voice-notice"), "Connected."])
+    await page.click(tid("sp-keypad-toggle"))
+    await page.select_option(tid("sp-transfer-target"), "agent:bob")
+    await shot(page, "softphone-conference.png")
 
     # a cold transfer to bob: it is offered to him, he accepts and answers, alice is removed, her wrap-up
     # panel asks for the disposition
@@ -367,6 +383,7 @@ async def test_a_transfer_rings_in_the_console_as_an_offer_and_accept_answers_it
     assert await text_of(page, "offer-title") == "Transfer from alice"
     assert await text_of(page, "offer-from") == "+15551230001"
     assert await page.eval_on_selector(tid("offer"), "p => p.dataset.kind") == "transfer"
+    await shot(page, "softphone-transfer-offer.png")  # docs/softphone.md's picture of a ringing transfer
     await page.click(tid("offer-accept"))
     # Accept rang bob's client into the caller's conference with the offer id as a custom parameter
     await until(lambda: _true(any(p.endswith("/Participants.json") for m, p, f in phone.emu.requests if m == "POST")), 10)

@@ -57,6 +57,9 @@ async def test_the_reports_page_draws_the_day(browser: Any, aiohttp_client: Any,
         # the history: newest first; a filter; the CSV export as a download
         first = await p.locator("[data-testid=calls-table] tbody tr").first.get_attribute("data-call")
         assert first == sid(9)
+        # the agent by name, as in the agents' day (the id is the cell's title)
+        agent_cell = p.locator("[data-testid=calls-table] tbody tr").first.locator("td").nth(4)
+        assert (await agent_cell.text_content(), await agent_cell.get_attribute("title")) == ("Bob", "bob")
         await p.select_option("#outcome", "abandoned")
         await p.click("#filters button[type=submit]")
         await wait_js(p, "() => document.querySelectorAll('[data-testid=calls-table] tbody tr[data-call]').length === 2")

@@ -26,6 +26,15 @@ Object.assign((window.CB_JA = window.CB_JA || {}), {
   Customer: "顧客",
   "No teammates online in this view.": "表示中のチームメイトはいません。",
   "Presence only: {reason}": "在席管理のみ: {reason}",
+  // why voice is unavailable: GET /api/voice-token's errors (wallboard/api.py) and the console's own
+  "Twilio voice is not configured on this server (TWILIO_ACCOUNT_SID, TWILIO_API_KEY, TWILIO_API_SECRET, TWILIO_TWIML_APP_SID)":
+    "このサーバーでは Twilio の音声が設定されていません（TWILIO_ACCOUNT_SID、TWILIO_API_KEY、TWILIO_API_SECRET、TWILIO_TWIML_APP_SID）",
+  "the Twilio Voice SDK is not installed (run `callboard voice-sdk install`, or set [server] voice_sdk_url)":
+    "Twilio Voice SDK がインストールされていません（`callboard voice-sdk install` を実行するか、[server] voice_sdk_url を設定してください）",
+  "the voice token request failed (network)": "音声トークンを取得できませんでした（ネットワーク）",
+  "the voice token request failed (HTTP {status})": "音声トークンを取得できませんでした（HTTP {status}）",
+  "the voice token answer has no token": "音声トークンの応答にトークンがありません",
+  "could not load the Twilio Voice SDK": "Twilio Voice SDK を読み込めませんでした",
   "Voice error: {message}": "音声エラー: {message}",
   "Voice token refresh failed: {message}": "音声トークンの更新に失敗しました: {message}",
   "Voice ready as {identity}.": "音声の準備ができました ({identity})。",
