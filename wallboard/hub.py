@@ -174,8 +174,11 @@ class Subscriber:
         else:  # a wallboard's snapshot is megabytes: a copy into one buffer would cost more than a syscall
             for frame in frames:
                 transport.write(frame)
+        before = self.sent
         self.sent += len(items)
-        if transport.get_write_buffer_size() and owed_bytes(transport) > WRITE_BUFFER_HIGH:
+        # push's rule: look at the kernel's unsent bytes whenever asyncio buffers, and every 8th frame
+        if ((transport.get_write_buffer_size() or before >> 3 != self.sent >> 3)
+                and owed_bytes(transport) > WRITE_BUFFER_HIGH):
             self._start_waiting()
 
     def send_now(self, obj: dict[str, Any]) -> None:
@@ -497,9 +500,36 @@ class Hub:
             topic = f"queue:{queue}"
             if topic in by_topic:
                 bodies[topic] = {"queues": {queue: d}}
-        written = 0
+        # Each subscriber gets the flush's deltas in one write: an agent's team and queue deltas usually come
+        # together (in a connect storm every registration moves both), and a send on a socket costs more
+        # than everything else a frame costs here. Each subscriber still gets them in topic order.
+        owed: dict[Subscriber, Outgoing | list[Outgoing]] = {}
         for topic, body in bodies.items():
-            written += self._send_topic(topic, {"type": "delta", "server_time_ms": now_ms, **body}, count=False)
+            subs = by_topic.get(topic)
+            if not subs:
+                continue
+            obj = {"type": "delta", "server_time_ms": now_ms, **body}
+            encoded: dict[str, Outgoing] = {}
+            for sub in subs:
+                item = encoded.get(sub.encoding)
+                if item is None:
+                    item = encoded[sub.encoding] = Outgoing(obj, encode(obj, sub.encoding))
+                    self.serializations += 1
+                earlier = owed.get(sub)
+                if earlier is None:
+                    owed[sub] = item
+                elif isinstance(earlier, list):
+                    earlier.append(item)
+                else:
+                    owed[sub] = [earlier, item]
+        written = 0
+        for sub, items in owed.items():
+            before = sub.sent
+            if isinstance(items, list):
+                sub.push_all(items)
+            else:
+                sub.push(items)
+            written += sub.sent - before
         if written and self.on_sent is not None:
             self.on_sent(written)
 
