@@ -134,9 +134,11 @@ def test_a_subscriber_joining_between_a_change_and_its_flush_sees_it_undone() ->
     asyncio.run(scenario())
 
 
-def test_teammates_connecting_together_share_one_snapshot_until_something_changes() -> None:
+def test_teammates_connecting_together_share_one_snapshot_until_a_change_is_published() -> None:
     """Issue 15, the connect storm: a team's agents cover the same agents and queues (their own agent topic is
-    inside their team's), so the snapshot is built once for them; a change, or one tick, ends the sharing."""
+    inside their team's), so the snapshot is built once for them; a flush that publishes a change, or one
+    tick, ends the sharing. A change the hub was told of but has not flushed does not: a snapshot is the
+    published state (in a storm every registration is such a change)."""
     async def scenario() -> None:
         config = big_config(12)
         clock = FakeClock()
@@ -154,6 +156,8 @@ def test_teammates_connecting_together_share_one_snapshot_until_something_change
         mirror.apply_entry("agent", north[0].id, {"state": "away", "reason": "lunch", "since_ms": 5, "seq": 1,
                                                   "connections": 1}, changes)
         hub.notify(changes)
+        assert hub.shared_snapshot_json(second) is one and hub.snapshots_shared == 2  # not published yet
+        assert one == hub.snapshot_json(second) and '"reason":"lunch"' not in one
         hub.flush()  # snapshots are the published state: the change shows once it is published
         after = hub.shared_snapshot_json(second)
         assert after is not one and '"reason":"lunch"' in after and after == hub.snapshot_json(second)

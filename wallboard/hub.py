@@ -263,7 +263,8 @@ class Hub:
         self._scheduled: asyncio.TimerHandle | asyncio.Handle | None = None
         self._agent_json: dict[str, str] = {}  # agent id -> '"id":{...}' of its snapshot entry, until it changes
         # Whole JSON snapshots shared by subscribers that cover the same agents and queues (a team's agents
-        # connecting together): kept until the next change and at most one tick (server_time_ms, windows).
+        # connecting together): kept until the next flush that publishes a change, and at most one tick
+        # (server_time_ms, windows).
         self._snapshots: dict[frozenset[str], Outgoing] = {}
         self._snapshots_timer: asyncio.TimerHandle | None = None
         self._team_of = {a.id: a.team for a in mirror.config.agents}
@@ -364,7 +365,8 @@ class Hub:
         In a connect storm a team's agents connect together, and each agent's topics differ only by its own
         `agent:` topic, which its team topic already covers; wallboards all cover everything, and their
         frame is megabytes (50 wallboards framing 1.7 MB each in one loop turn stalled it for 0.2 s). The
-        message is shared until the mirror changes (`notify` drops them all) and for at most one tick (its
+        message is shared until the published state moves (a flush with a delta drops them all; `notify` does
+        not, the mirror being ahead of what was published until then) and for at most one tick (its
         server_time_ms and the queues' time windows).
         """
         key = self._snapshot_key(topics)
@@ -421,9 +423,9 @@ class Hub:
             self._send_topic(f"agent:{agent_id}", pop)
         if not (changes.agents or changes.queues):
             return
-        for agent_id in changes.agents:
-            self._agent_json.pop(agent_id, None)
-        self._snapshots.clear()
+        # Snapshots and their agent fragments are the published state, which only a flush moves: they stay
+        # valid (and shared) until then. Dropped here, a connect storm, whose every registration is a change,
+        # rebuilt each team's snapshot for nearly every agent instead of once per tick.
         self._dirty.agents |= changes.agents
         self._dirty.queues |= changes.queues
         if self._scheduled is not None:
