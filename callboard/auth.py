@@ -1,8 +1,8 @@
 """Bearer tokens: HS256 JWTs with `sub`, `role`, `exp` and optional `queues`/`teams` scopes.
 
-Checking a token is on every websocket hello and every API request, and PyJWT 2.15's decode costs 100-200
+Checking a token is on every websocket hello and every API request, and PyJWT 2.15's decode costs 80-200
 microseconds (it tests each character of each segment in a Python generator, and sniffs the secret for
-PEM, SSH, DER and JWK shapes on every call): a fifth of the server's CPU per connection in a connect storm
+PEM, SSH, DER and JWK shapes on every call): 12 % of the server's samples in a connect storm
 (docs/benchmarks.md, "Third pass on the connect storm"). So `verify_token` first tries a fast path that
 accepts only the plain tokens `issue_token` makes, and only where PyJWT would accept them too: the exact
 header PyJWT writes for HS256, a signature equal to the HMAC-SHA256 of the secret (PyJWT's own refusal
@@ -150,9 +150,10 @@ class VerifiedTokens:
 
     A screen or console that reconnects (a network blip, a 4429, another instance draining) presents the
     same token, and even the fast path of a check costs 15-25 microseconds of the event loop (PyJWT's
-    decode 100-200); a storm of reconnects then pays it once per token. Only verified tokens are kept (a forged or malformed one is checked
-    every time), keyed by the SHA-256 of the token so that the cache holds 32 bytes per entry and never
-    the bearer secret itself; expiry is checked on every use, exactly as PyJWT does (exp <= now: expired).
+    decode 80-200); a storm of reconnects then pays it once per token. Only verified tokens are kept (a
+    forged or malformed one is checked every time), keyed by the SHA-256 of the token so that the cache
+    holds 32 bytes per entry and never the bearer secret itself; expiry is checked on every use, exactly as
+    PyJWT does (exp <= now: expired).
     At most `size` tokens are kept, the oldest verified dropped first.
     """
 

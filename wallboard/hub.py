@@ -505,7 +505,7 @@ class Hub:
         # Each subscriber gets the flush's deltas in one write: an agent's team and queue deltas usually come
         # together (in a connect storm every registration moves both), and a send on a socket costs more
         # than everything else a frame costs here. Each subscriber still gets them in topic order.
-        owed: dict[Subscriber, Outgoing | list[Outgoing]] = {}
+        frames_for: dict[Subscriber, Outgoing | list[Outgoing]] = {}
         for topic, body in bodies.items():
             subs = by_topic.get(topic)
             if not subs:
@@ -517,15 +517,15 @@ class Hub:
                 if item is None:
                     item = encoded[sub.encoding] = Outgoing(obj, encode(obj, sub.encoding))
                     self.serializations += 1
-                earlier = owed.get(sub)
+                earlier = frames_for.get(sub)
                 if earlier is None:
-                    owed[sub] = item
+                    frames_for[sub] = item
                 elif isinstance(earlier, list):
                     earlier.append(item)
                 else:
-                    owed[sub] = [earlier, item]
+                    frames_for[sub] = [earlier, item]
         written = 0
-        for sub, items in owed.items():
+        for sub, items in frames_for.items():
             before = sub.sent
             if isinstance(items, list):
                 sub.push_all(items)
