@@ -32,9 +32,9 @@ log = logging.getLogger(__name__)
 # Generation 0 is collected after this many net allocations of tracked objects, and a young collection
 # walks every young object still alive. CPython's 700 means a collection every few hundred messages under
 # load. In a connect storm nearly everything allocated survives (each socket keeps 30-45 tracked objects),
-# so each young collection walks the whole threshold: at 50,000 the longest took 83-120 ms of CPU in a
-# 10,000-socket storm on the loaded bench machine, a stall by itself; at 10,000, 30-36 ms, for a collector
-# total 15-60 % higher (five times the collections; about 0.005-0.035 ms per connection) (docs/benchmarks.md,
+# so each young collection walks the whole threshold: at 50,000 the longest took 78-120 ms of CPU in a
+# 10,000-socket storm on the loaded bench machine, a stall by itself; at 10,000, 25-36 ms, for a collector
+# total 18-62 % higher (five times the collections; about 0.01-0.03 ms per connection) (docs/benchmarks.md,
 # "Third pass on the connect storm").
 # Generation 1 is collected every 100 young collections, so after the same 1,000,000 survivors as the
 # earlier (50,000, 20): its collections stay as rare as before. A full collection additionally waits until
