@@ -134,9 +134,11 @@ def test_a_subscriber_joining_between_a_change_and_its_flush_sees_it_undone() ->
     asyncio.run(scenario())
 
 
-def test_teammates_connecting_together_share_one_snapshot_until_something_changes() -> None:
+def test_teammates_connecting_together_share_one_snapshot_until_a_change_is_published() -> None:
     """Issue 15, the connect storm: a team's agents cover the same agents and queues (their own agent topic is
-    inside their team's), so the snapshot is built once for them; a change, or one tick, ends the sharing."""
+    inside their team's), so the snapshot is built once for them; a flush that publishes a change, or one
+    tick, ends the sharing. A change the hub was told of but has not flushed does not: a snapshot is the
+    published state (in a storm every registration is such a change)."""
     async def scenario() -> None:
         config = big_config(12)
         clock = FakeClock()
@@ -154,6 +156,8 @@ def test_teammates_connecting_together_share_one_snapshot_until_something_change
         mirror.apply_entry("agent", north[0].id, {"state": "away", "reason": "lunch", "since_ms": 5, "seq": 1,
                                                   "connections": 1}, changes)
         hub.notify(changes)
+        assert hub.shared_snapshot_json(second) is one and hub.snapshots_shared == 2  # not published yet
+        assert one == hub.snapshot_json(second) and '"reason":"lunch"' not in one
         hub.flush()  # snapshots are the published state: the change shows once it is published
         after = hub.shared_snapshot_json(second)
         assert after is not one and '"reason":"lunch"' in after and after == hub.snapshot_json(second)
@@ -483,3 +487,45 @@ def test_extra_agent_fields_pass_through_the_mirror_and_reach_snapshots_and_delt
         assert document == hub.snapshot({"all"})
 
     asyncio.run(scenario())
+
+
+def _frames(data: bytes) -> list[dict[str, Any]]:
+    """The JSON messages of unmasked server frames written back to back (lengths under 64 KiB)."""
+    out, i = [], 0
+    while i < len(data):
+        n, i = data[i + 1], i + 2
+        if n == 126:
+            n, i = int.from_bytes(data[i:i + 2], "big"), i + 2
+        out.append(json.loads(data[i:i + n]))
+        i += n
+    return out
+
+
+async def test_a_flush_reaches_each_socket_in_one_write_in_topic_order(make_instance) -> None:  # type: ignore[no-untyped-def]
+    """An agent's change moves its team's topic and its queue's in the same flush: a teammate gets both deltas
+    as one write to its socket (one send, not one per topic), the team's first."""
+    server = await make_instance()
+    services = server.app[SERVICES]
+    alice = await connect(server, token("alice"))
+    bob = await connect(server, token("bob"))
+    await alice.wait_for(lambda s: s["agents"].get("bob", {}).get("state") == "available")
+    await asyncio.sleep(0.3)  # the registrations' deltas are out
+    session = next(s for s in services.sessions if s.claims.sub == "alice")
+    writes: list[bytes] = []
+    write = session.transport.write
+
+    def counted(data: bytes) -> None:
+        writes.append(bytes(data))
+        write(data)
+
+    session.transport.write = counted  # type: ignore[method-assign]
+    await bob.send({"type": "set_state", "state": "away", "reason": "lunch"})
+    await alice.wait_for(lambda s: s["queues"]["support"]["agents"]["away"] == 1
+                         and s["agents"]["bob"]["state"] == "away")
+    assert len(writes) == 1, f"{len(writes)} writes for one flush"
+    team, queue = _frames(writes[0])
+    assert team["type"] == queue["type"] == "delta"
+    assert team["agents"]["bob"]["state"] == "away" and "queues" not in team
+    assert queue["queues"]["support"]["agents"]["away"] == 1 and "agents" not in queue
+    await alice.close()
+    await bob.close()

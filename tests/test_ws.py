@@ -389,3 +389,31 @@ async def test_a_fragmented_message_is_reassembled(make_instance) -> None:  # ty
             break
     assert kinds[-1] == "pong", kinds
     await alice.close()
+
+
+async def test_the_upgrade_handed_to_the_connection_is_neither_prepared_nor_ended_by_aiohttp(  # type: ignore[no-untyped-def]
+        redis_url, redis, aiohttp_server, settings) -> None:
+    """The view's placeholder response is never written (the socket is the Connection's): aiohttp must not build
+    its headers, which it does for every response it prepares (and announces with on_response_prepare)."""
+    from redis.asyncio import Redis
+
+    from callboard.app import build_app
+    from tests.conftest import keep_facts, make_config
+
+    app = build_app(make_config(), settings, Redis.from_url(redis_url), close_redis=True)
+    prepared: list[tuple[str, int]] = []
+
+    async def on_prepare(request, response) -> None:  # type: ignore[no-untyped-def]
+        prepared.append((request.path, response.status))
+
+    app.on_response_prepare.append(on_prepare)
+    await keep_facts(redis)
+    server = await aiohttp_server(app)
+    alice = await connect(server, token("alice"))
+    await alice.send({"type": "ping"})
+    assert (await alice.recv())["type"] in ("pong", "delta")
+    async with ClientSession() as http:
+        async with http.get(f"http://{server.host}:{server.port}/healthz") as resp:
+            assert resp.status == 200
+    assert prepared == [("/healthz", 200)]
+    await alice.close()

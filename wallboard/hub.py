@@ -174,8 +174,11 @@ class Subscriber:
         else:  # a wallboard's snapshot is megabytes: a copy into one buffer would cost more than a syscall
             for frame in frames:
                 transport.write(frame)
+        before = self.sent
         self.sent += len(items)
-        if transport.get_write_buffer_size() and owed_bytes(transport) > WRITE_BUFFER_HIGH:
+        # push's rule: look at the kernel's unsent bytes whenever asyncio buffers, and every 8th frame
+        if ((transport.get_write_buffer_size() or before >> 3 != self.sent >> 3)
+                and owed_bytes(transport) > WRITE_BUFFER_HIGH):
             self._start_waiting()
 
     def send_now(self, obj: dict[str, Any]) -> None:
@@ -260,7 +263,8 @@ class Hub:
         self._scheduled: asyncio.TimerHandle | asyncio.Handle | None = None
         self._agent_json: dict[str, str] = {}  # agent id -> '"id":{...}' of its snapshot entry, until it changes
         # Whole JSON snapshots shared by subscribers that cover the same agents and queues (a team's agents
-        # connecting together): kept until the next change and at most one tick (server_time_ms, windows).
+        # connecting together): kept until the next flush that publishes a change, and at most one tick
+        # (server_time_ms, windows).
         self._snapshots: dict[frozenset[str], Outgoing] = {}
         self._snapshots_timer: asyncio.TimerHandle | None = None
         self._team_of = {a.id: a.team for a in mirror.config.agents}
@@ -361,7 +365,8 @@ class Hub:
         In a connect storm a team's agents connect together, and each agent's topics differ only by its own
         `agent:` topic, which its team topic already covers; wallboards all cover everything, and their
         frame is megabytes (50 wallboards framing 1.7 MB each in one loop turn stalled it for 0.2 s). The
-        message is shared until the mirror changes (`notify` drops them all) and for at most one tick (its
+        message is shared until the published state moves (a flush with a delta drops them all; `notify` does
+        not, the mirror being ahead of what was published until then) and for at most one tick (its
         server_time_ms and the queues' time windows).
         """
         key = self._snapshot_key(topics)
@@ -418,9 +423,9 @@ class Hub:
             self._send_topic(f"agent:{agent_id}", pop)
         if not (changes.agents or changes.queues):
             return
-        for agent_id in changes.agents:
-            self._agent_json.pop(agent_id, None)
-        self._snapshots.clear()
+        # Snapshots and their agent fragments are the published state, which only a flush moves: they stay
+        # valid (and shared) until then. Dropped here, a connect storm, whose every registration is a change,
+        # rebuilt each team's snapshot for nearly every agent instead of once per tick.
         self._dirty.agents |= changes.agents
         self._dirty.queues |= changes.queues
         if self._scheduled is not None:
@@ -497,9 +502,36 @@ class Hub:
             topic = f"queue:{queue}"
             if topic in by_topic:
                 bodies[topic] = {"queues": {queue: d}}
-        written = 0
+        # Each subscriber gets the flush's deltas in one write: an agent's team and queue deltas usually come
+        # together (in a connect storm every registration moves both), and a send on a socket costs more
+        # than everything else a frame costs here. Each subscriber still gets them in topic order.
+        frames_for: dict[Subscriber, Outgoing | list[Outgoing]] = {}
         for topic, body in bodies.items():
-            written += self._send_topic(topic, {"type": "delta", "server_time_ms": now_ms, **body}, count=False)
+            subs = by_topic.get(topic)
+            if not subs:
+                continue
+            obj = {"type": "delta", "server_time_ms": now_ms, **body}
+            encoded: dict[str, Outgoing] = {}
+            for sub in subs:
+                item = encoded.get(sub.encoding)
+                if item is None:
+                    item = encoded[sub.encoding] = Outgoing(obj, encode(obj, sub.encoding))
+                    self.serializations += 1
+                earlier = frames_for.get(sub)
+                if earlier is None:
+                    frames_for[sub] = item
+                elif isinstance(earlier, list):
+                    earlier.append(item)
+                else:
+                    frames_for[sub] = [earlier, item]
+        written = 0
+        for sub, items in frames_for.items():
+            before = sub.sent
+            if isinstance(items, list):
+                sub.push_all(items)
+            else:
+                sub.push(items)
+            written += sub.sent - before
         if written and self.on_sent is not None:
             self.on_sent(written)
 

@@ -79,8 +79,8 @@ class Metrics:
             self.call_handle.labels(q)
             for outcome in WAIT_OUTCOMES:
                 self.queue_wait.labels(q, outcome)
-        for role in ROLES:
-            self.ws_connections.labels(role)
+        # each role's child, looked up once: labels() takes a lock and builds a key, per connection in a storm
+        self.ws_connections_of = {role: self.ws_connections.labels(role) for role in ROLES}
         for route in WEBHOOK_ROUTES:
             self.webhook_duration.labels(route)
         for reason in WEBHOOK_REJECT_REASONS:

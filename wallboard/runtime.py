@@ -29,12 +29,18 @@ from wallboard.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-# Generation 0 is collected after this many net allocations of tracked objects. CPython's 700 means a
-# collection every few hundred messages under load; 50,000 keeps young collections to a few per second at
-# 1,000 changes/s and each of them short (they only scan what is young). Generations 1 and 2 keep their
-# ratios, but a full collection additionally waits until the young survivors are 25 % of the old heap
-# (CPython's own rule), which a steady server with a frozen start-up heap rarely reaches.
-GC_THRESHOLDS = (50_000, 20, 100)
+# Generation 0 is collected after this many net allocations of tracked objects, and a young collection
+# walks every young object still alive. CPython's 700 means a collection every few hundred messages under
+# load. In a connect storm nearly everything allocated survives (each socket keeps 30-45 tracked objects),
+# so each young collection walks the whole threshold: at 50,000 the longest took 78-120 ms of CPU in a
+# 10,000-socket storm on the loaded bench machine, a stall by itself; at 10,000, 25-36 ms, for a collector
+# total 18-62 % higher (five times the collections; about 0.01-0.03 ms per connection) (docs/benchmarks.md,
+# "Third pass on the connect storm").
+# Generation 1 is collected every 100 young collections, so after the same 1,000,000 survivors as the
+# earlier (50,000, 20): its collections stay as rare as before. A full collection additionally waits until
+# the young survivors are 25 % of the old heap (CPython's own rule), which a steady server with a frozen
+# start-up heap rarely reaches.
+GC_THRESHOLDS = (10_000, 100, 100)
 STALL_PROBE_S = 0.05  # the watch's own tick: stalls shorter than this are not worth a metric
 STALL_WINDOW_S = 60.0
 

@@ -431,7 +431,7 @@ class Connection(asyncio.Protocol):
             self.hello_timer = None
         self.session = session
         services.sessions.add(session)
-        self.gauge = services.metrics.ws_connections.labels(session.claims.role)
+        self.gauge = services.metrics.ws_connections_of[session.claims.role]
         self.gauge.inc()
         # The welcome, the snapshot (never bound to a name here: a wallboard's is megabytes), and an agent's
         # open pop and offer (which ring again on a new connection) go out as one write.
