@@ -32,6 +32,7 @@ def install(app: web.Application, services: Services) -> None:
     app.add_routes(controls.routes())
 
     async def close(app: web.Application) -> None:
+        await controls.close()
         await rest.close()
 
     app.on_cleanup.append(close)
