@@ -263,7 +263,12 @@ class Controls:
         call = await self._call(call_sid)
         self._may_control(claims, call)
         self._live(call)
-        holder = call.get("agent") or claims.sub
+        holder = call.get("agent")
+        if not holder:
+            # a caller still waiting for its first agent (a supervisor's token reaches it): nobody would hand
+            # it on, an agent would be rung into an empty conference and put on a call nobody is on
+            raise ControlError(409, "call_queued", "this call is waiting in a queue; it can be transferred once an "
+                                                   "agent has it")
         if target.queue is not None:
             await self.rest.redirect_call(call_sid, self._url(request, "requeue", queue=target.queue, call=call_sid))
             done = await self.step({"op": "requeue", "sid": call_sid, "queue": target.queue, "from": holder})

@@ -20,8 +20,17 @@ import pytest
 from redis.asyncio import Redis
 
 from callboard import keys
-from tests.conftest import keep_facts, token
-from tests.test_controls import Phone, _phone, bridged, conference_config, online, state_of, until, wait_message
+from tests.conftest import connect, keep_facts, token
+from tests.test_controls import (
+    Phone,
+    _phone,
+    bridged,
+    conference_config,
+    online,
+    state_of,
+    until,
+    wait_message,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -216,3 +225,147 @@ async def test_redis_away_when_the_first_agent_hangs_up_the_caller_is_not_left_a
 
 async def _is(phone: Phone, agent: str, state: str) -> bool:
     return await state_of(phone, agent) == state
+
+
+# -- 3. garbage at the transfer API and at the answer ---------------------------------------------------------
+
+def _english(text: str) -> bool:
+    """A short sentence (it may quote what was sent, shortened and escaped)."""
+    return bool(text) and len(text) < 300 and text.lstrip("\"")[:1].isalpha() and text.isprintable()
+
+
+async def _untouched(phone: Phone, caller: str, requests_before: int) -> None:
+    """Refusals change nothing: no offer, no reservation, no pending transfer, no fact, nothing asked of Twilio."""
+    assert await _offers(phone.redis) == {} and await phone.redis.zcard(keys.OFFER_DUE) == 0
+    call = await phone.call(caller)
+    assert "xfer" not in call and call["agent"] == "alice" and "transfers" not in call
+    assert await phone.facts("offer.created") == [] and await phone.facts("call.transfer") == []
+    assert len(phone.emu.requests) == requests_before
+    assert await state_of(phone, "bob") == "available" and await state_of(phone, "alice") == "on-call"
+
+
+async def test_garbage_transfer_bodies_are_refused_in_english_and_change_nothing(phone: Phone) -> None:
+    caller, leg, socks = await bridged(phone)
+    socks.update(await online(phone, "bob"))
+    alice = token("alice")
+    before = len(phone.emu.requests)
+    nested = {"agent": json.loads("[" * 40 + "]" * 40)}
+    cases: list[tuple[Any, int, str, str | None]] = [
+        ({"agent": "nobody"}, 400, "unknown_agent", "agent"),
+        ({"agent": "x" * 10_000}, 400, "unknown_agent", "agent"),
+        ({"agent": "b\u00f6b"}, 400, "unknown_agent", "agent"),
+        ({"agent": "bob\u0000"}, 400, "unknown_agent", "agent"),
+        ({"agent": ""}, 400, "unknown_agent", "agent"),
+        ({"agent": 123}, 400, "unknown_agent", "agent"),
+        ({"agent": ["bob"]}, 400, "unknown_agent", "agent"),
+        ({"agent": {"id": "bob"}}, 400, "unknown_agent", "agent"),
+        ({"agent": True}, 400, "unknown_agent", "agent"),
+        ({"agent": "bob", "warm": "yes"}, 400, "bad_message", "warm"),
+        ({"agent": "bob", "warm": 1}, 400, "bad_message", "warm"),
+        ({"agent": "bob", "warm": None}, 400, "bad_message", "warm"),
+        ({"agent": "bob", "queue": "support"}, 400, "bad_message", "agent"),
+        ({"agent": None}, 400, "bad_message", "agent"),
+        ({}, 400, "bad_message", "agent"),
+        ({"queue": 5}, 400, "unknown_queue", "queue"),
+        ({"agent": "alice"}, 400, "same_agent", "agent"),  # a transfer to oneself
+        (nested, 400, "bad_message", None),
+        ("[" * 100_000, 413, "too_large", None),
+        ("{" * 5_000, 400, "bad_message", None),
+        (json.dumps({"agent": "bob", "pad": "x" * 20_000}), 413, "too_large", None),
+        ("[1, 2]", 400, "bad_message", None),
+        ('"bob"', 400, "bad_message", None),
+        ("null", 400, "bad_message", None),
+        ("{\"agent\": \"bob\"", 400, "bad_message", None),
+        (b"\xff\xfe\x00garbage", 400, "bad_message", None),
+        ('{"agent": NaN}', 400, "unknown_agent", "agent"),
+    ]
+    for body, status, code, field in cases:
+        got, answer = await phone.api(caller, "transfer", body, tok=alice)
+        shown = (str(body)[:40], answer)
+        assert (got, answer.get("code")) == (status, code), shown
+        assert answer.get("field") == field, shown
+        assert _english(answer["error"]) and "\u0000" not in answer["error"], shown
+    # who may not: another agent, a wallboard, a forged token, an unknown call, a call id that is not a sid
+    for tok, status, code in ((token("bob"), 403, "not_your_call"), (token("wall", "wallboard"), 403, "forbidden"),
+                              ("forged", 401, "bad_token")):
+        got, answer = await phone.api(caller, "transfer", {"agent": "bob"}, tok=tok)
+        assert (got, answer["code"]) == (status, code) and _english(answer["error"]), answer
+    got, answer = await phone.api("CA" + "9" * 32, "transfer", {"agent": "bob"}, tok=alice)
+    assert (got, answer["code"]) == (404, "unknown_call"), answer
+    got, answer = await phone.api("CA-1';--", "transfer", {"agent": "bob"}, tok=alice)
+    assert (got, answer["code"], answer["field"]) == (400, "bad_call_sid", "call_sid"), answer
+    await _untouched(phone, caller, before)
+    # and after all that, a good transfer still works
+    await _transfer(phone, caller, "bob", socks["bob"])
+
+
+async def test_a_transfer_while_one_is_pending_and_of_a_call_nobody_holds_is_refused(phone: Phone) -> None:
+    caller, leg, socks = await bridged(phone)
+    socks.update(await online(phone, "bob", "dave"))
+    offer = await _transfer(phone, caller, "bob", socks["bob"])
+    for target in ("dave", "bob"):  # to someone else, or to the same agent again
+        got, answer = await phone.api(caller, "transfer", {"agent": target}, tok=token("alice"))
+        assert (got, answer["code"]) == (409, "transfer_pending") and _english(answer["error"]), answer
+    got, answer = await phone.api(caller, "transfer", {"agent": "dave"}, tok=token("boss", "supervisor"))
+    assert (got, answer["code"]) == (409, "transfer_pending"), answer
+    assert await _offers(phone.redis) == {"bob": offer["offer_id"]}
+    assert len(await phone.facts("offer.created")) == 1
+    # a caller still waiting in its queue is held by nobody: a supervisor cannot "transfer" it to an agent
+    # (nobody would hand it on: the agent would be rung into an empty conference and put on-call)
+    waiting = await phone.caller()
+    before = len(phone.emu.requests)
+    got, answer = await phone.api(waiting, "transfer", {"agent": "dave"}, tok=token("boss", "supervisor"))
+    assert got == 409 and answer["code"] == "call_queued" and _english(answer["error"]), answer
+    assert await _offers(phone.redis) == {"bob": offer["offer_id"]} and len(phone.emu.requests) == before
+    assert "xfer" not in await phone.call(waiting) and await state_of(phone, "dave") == "available"
+
+
+async def test_answers_to_offers_that_are_not_open_or_not_yours_are_refused_and_change_nothing(phone: Phone) -> None:
+    caller, leg, socks = await bridged(phone)
+    socks.update(await online(phone, "bob", "dave"))
+    offer = await _transfer(phone, caller, "bob", socks["bob"])
+    oid = offer["offer_id"]
+    # dave answers bob's offer: no_offer, and bob's offer is untouched (still open, still his)
+    for kind in ("accept", "reject"):
+        await socks["dave"].send({"type": kind, "offer_id": oid})
+        error = await wait_message(socks["dave"], "error")
+        assert error["code"] == "no_offer" and _english(error["message"]), error
+    assert await _offers(phone.redis) == {"bob": oid}
+    assert (await phone.redis.hget(keys.offer(oid), "state")) == b"open"
+    assert phone.rest("POST", "/Participants.json") == [] and "transfer_failed" not in _types(socks["alice"])
+    # garbage offer ids, an unknown one, a supervisor's answer
+    for bad in (None, 123, "", "x" * 65, ["of1"], {"id": oid}):
+        await socks["bob"].send({"type": "accept", "offer_id": bad})
+        error = await wait_message(socks["bob"], "error")
+        assert error["code"] == "bad_message" and "offer_id" in error["message"], (bad, error)
+        await socks["bob"].send({"type": "ping"})  # (five bad messages in a row close the socket: 4400)
+        await wait_message(socks["bob"], "pong")
+    await socks["bob"].send({"type": "accept", "offer_id": "of999999"})
+    assert (await wait_message(socks["bob"], "error"))["code"] == "no_offer"
+    boss = await connect(phone.server, token("boss", "supervisor"))
+    await boss.send({"type": "accept", "offer_id": oid})
+    assert (await wait_message(boss, "error"))["code"] == "forbidden"
+    await boss.close()
+    assert await _offers(phone.redis) == {"bob": oid} and phone.rest("POST", "/Participants.json") == []
+    # the offer expires; accepting or rejecting it afterwards is refused and changes nothing
+    phone.clock.advance(16)
+    assert (await wait_message(socks["alice"], "transfer_failed"))["reason"] == "missed"
+    assert (await wait_message(socks["bob"], "offer_ended"))["reason"] == "expired"
+    for kind in ("accept", "reject"):
+        await socks["bob"].send({"type": kind, "offer_id": oid})
+        assert (await wait_message(socks["bob"], "error"))["code"] == "no_offer"
+    await asyncio.sleep(0.2)
+    await phone.emu.settle()
+    assert phone.rest("POST", "/Participants.json") == [] and await _offers(phone.redis) == {}
+    assert [f["result"] for f in await phone.facts("offer.ended")] == ["missed"]
+    assert (await phone.call(caller))["agent"] == "alice" and await state_of(phone, "bob") == "available"
+    assert "transfer_failed" not in _types(socks["alice"])  # told once
+
+
+def _types(ws: Any) -> list[str]:
+    return [m["type"] for m in ws.messages]
+
+
+@pytest.fixture
+async def phone(make_instance: Any, aiohttp_server: Any, aiohttp_client: Any, redis: Redis) -> Phone:
+    return await _phone(make_instance, aiohttp_server, aiohttp_client, redis, conference_config())
