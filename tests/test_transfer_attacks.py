@@ -13,14 +13,17 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import socket
 from pathlib import Path
 from typing import Any
 
 import pytest
+import websockets
 from redis.asyncio import Redis
 
 from callboard import keys
-from tests.conftest import connect, keep_facts, token
+from callboard.services import SERVICES
+from tests.conftest import connect, keep_facts, token, ws_url
 from tests.test_controls import (
     Phone,
     _phone,
@@ -31,6 +34,7 @@ from tests.test_controls import (
     until,
     wait_message,
 )
+from wallboard.hub import owed_bytes
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -369,3 +373,52 @@ def _types(ws: Any) -> list[str]:
 @pytest.fixture
 async def phone(make_instance: Any, aiohttp_server: Any, aiohttp_client: Any, redis: Redis) -> Phone:
     return await _phone(make_instance, aiohttp_server, aiohttp_client, redis, conference_config())
+
+
+# -- 4. the target's console stops reading its websocket ------------------------------------------------------
+
+async def _stalled_console(phone: Phone, agent: str) -> tuple[Any, socket.socket]:
+    """An agent console that says hello and then never reads again (tiny receive window, tiny server buffer)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((phone.server.host, phone.server.port))
+    conn = await websockets.connect(ws_url(phone.server), sock=sock, max_queue=1, ping_interval=None)
+    await conn.send(json.dumps({"type": "hello", "token": token(agent)}))
+    services = phone.server.app[SERVICES]
+    for _ in range(200):
+        session = next((s for s in services.sessions if s.claims.sub == agent), None)
+        if session is not None:
+            break
+        await asyncio.sleep(0.02)
+    assert session is not None
+    session.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    await until(lambda: _is(phone, agent, "available"))
+    return conn, sock
+
+
+async def test_a_target_console_that_never_reads_still_has_its_offer_expire_and_the_first_agent_is_told(
+        phone: Phone) -> None:
+    caller, leg, socks = await bridged(phone)
+    # a fat directory match (tens of KiB): the offer frame alone is more than the stalled socket takes
+    lookup = {"withheld": False, "customers": [{"name": f"Customer {n} " + "x" * 400, "company": "y" * 400}
+                                               for n in range(40)]}
+    await phone.redis.set(keys.caller(caller), json.dumps(lookup))
+    conn, sock = await _stalled_console(phone, "bob")
+    status, body = await phone.api(caller, "transfer", {"agent": "bob"}, tok=token("alice"))
+    assert status == 200, body
+    for _ in range(20):  # the queue's deltas keep coming to bob's console too: callers enter and wait
+        await phone.caller()
+    stalled = [s for s in phone.server.app[SERVICES].sessions if s.claims.sub == "bob"]
+    assert not stalled or owed_bytes(stalled[0].transport) > 0  # he really does not take what he is sent
+    phone.clock.advance(16)
+    failed = await wait_message(socks["alice"], "transfer_failed", timeout=10)
+    assert (failed["offer_id"], failed["to"], failed["reason"]) == (body["offer_id"], "bob", "missed")
+    await _nothing_left(phone, caller)
+    assert (await phone.call(caller))["agent"] == "alice" and _in_conference(phone, caller) == {caller, leg}
+    assert phone.rest("POST", "/Participants.json") == []
+    assert [(f["result"], f["kind"]) for f in await phone.facts("offer.ended")] == [("missed", "transfer")]
+    # the instance still serves everyone else, and bob (still connected, still available) can be offered again
+    # or, if the stall closed his socket meanwhile (4429), is refused as not available
+    status, again = await phone.api(caller, "transfer", {"agent": "bob"}, tok=token("alice"))
+    assert (status == 200 and again["status"] == "offered") or (status == 409 and again["code"] == "agent_busy"), again
+    sock.close()
