@@ -482,6 +482,14 @@ class Controls:
         except RestError as exc:
             log.info("caller %s already gone when its agent left (%s)", caller, exc)
 
+    async def transfer_stray(self, caller: str, part: str) -> None:
+        """A transfer reached its connect deadline after its participant was rung (routing's tick ended it):
+        end that call, ringing or answered unbeknown to us (a status callback Twilio could not deliver)."""
+        try:
+            await self.rest.complete_call(part)
+        except RestError as exc:  # already over (21220): nothing to do
+            log.info("transfer participant %s of %s already gone at its deadline (%s)", part, caller, exc)
+
     async def _participant(self, request: web.Request, form: MultiDictProxy[str]) -> str:
         """Call status of a participant we added: a transfer's second agent, or a supervisor."""
         caller, agent, kind = request.query.get("call", ""), request.query.get("agent", ""), request.query.get("kind", "")

@@ -422,3 +422,38 @@ async def test_a_target_console_that_never_reads_still_has_its_offer_expire_and_
     status, again = await phone.api(caller, "transfer", {"agent": "bob"}, tok=token("alice"))
     assert (status == 200 and again["status"] == "offered") or (status == 409 and again["code"] == "agent_busy"), again
     sock.close()
+
+
+async def test_an_answer_callboard_never_hears_of_ends_with_the_connect_deadline_and_the_leg_is_ended(
+        phone: Phone) -> None:
+    """Twilio cannot reach callboard when the target answers (the callbacks of this transfer go to an address
+    that refuses connections; Twilio does not send them again). The target is in the conference, callboard
+    does not know: at the connect deadline the transfer fails and his leg is ended, never left in a call that
+    is not his."""
+    from tests.routing_support import free_port
+
+    caller, leg, socks = await bridged(phone)
+    socks.update(await online(phone, "bob"))
+    phone.emu.softphones["bob"] = "wait"
+    unreachable = f"127.0.0.1:{free_port()}"  # the transfer's callbacks use the address its request came to
+    r = await phone.client.post(f"/api/calls/{caller}/transfer", json={"agent": "bob"},
+                                headers={"Authorization": f"Bearer {token('alice')}", "Host": unreachable})
+    body = await r.json()
+    assert r.status == 200, body
+    await socks["bob"].send({"type": "accept", "offer_id": (await wait_message(socks["bob"], "offer"))["offer_id"]})
+    assert (await wait_message(socks["bob"], "offer_ended"))["reason"] == "accepted"
+    await phone.emu.answer("bob")
+    await phone.emu.settle()
+    [bobs] = _legs_of(phone, "bob")
+    assert bobs in _in_conference(phone, caller)  # Twilio joined him; callboard heard nothing
+    assert (await phone.call(caller))["agent"] == "alice"
+    phone.clock.advance(61)  # past connect_timeout_s
+    failed = await wait_message(socks["alice"], "transfer_failed")
+    assert (failed["offer_id"], failed["reason"]) == (body["offer_id"], "connect_timeout")
+    await until(lambda: _true(bool(phone.rest("POST", f"/Calls/{bobs}.json"))))
+    assert phone.rest("POST", f"/Calls/{bobs}.json") == [{"Status": "completed"}]
+    await phone.emu.settle()
+    assert _in_conference(phone, caller) == {caller, leg}
+    assert (await phone.call(caller))["agent"] == "alice" and await state_of(phone, "alice") == "on-call"
+    await _nothing_left(phone, caller)
+    await _exact(phone)
