@@ -95,24 +95,26 @@ class Controls:
             # status callbacks: their answer is empty TwiML, what matters is that their step happens
             "conference-events": self._kept("conference-events", self._conference_events),
             "participant": self._kept("participant", self._participant),
-            "requeue-result": self._kept("requeue-result", self._requeue_result)}
+            "requeue-result": self._kept("requeue-result", self._requeue_result,
+                                         callflow_twiml.queue_result(None, callflow_twiml.ENGLISH))}
         return [*api, *(self.flow.webhook(name, handler) for name, handler in hooks.items())]
 
     # -- status callbacks that outlive a Redis outage -----------------------------------------------------
 
-    def _kept(self, name: str, handler: Hook) -> Hook:
-        """A status callback whose step waits in the backlog while Redis is away, instead of being lost."""
+    def _kept(self, name: str, handler: Hook, answer: str = callflow_twiml.empty()) -> Hook:
+        """A status callback whose step waits in the backlog while Redis is away, instead of being lost.
+        `answer` is the TwiML Twilio gets meanwhile (what the handler answers whatever its step did)."""
         async def hook(request: web.Request, form: MultiDictProxy[str]) -> str:
             if self._backlog:  # others wait already: this one goes after them (their order is Twilio's)
                 self._keep(name, handler, request, form)
-                return callflow_twiml.empty()
+                return answer
             try:  # (no overall timeout: it would cut the handler's Twilio requests short, not only Redis)
                 return await handler(request, form)
             except _UNAVAILABLE as exc:
                 log.warning("twilio %s: Redis unavailable (%s); applied when Redis is back", name,
                             exc or type(exc).__name__)
                 self._keep(name, handler, request, form)
-                return callflow_twiml.empty()
+                return answer
 
         return hook
 

@@ -11,19 +11,20 @@ on the same socket, so the data survives and only the outage is tested.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
 import signal
 import socket
 from pathlib import Path
 from typing import Any
 
 import pytest
-import websockets
 from redis.asyncio import Redis
 
 from callboard import keys
 from callboard.services import SERVICES
-from tests.conftest import connect, keep_facts, token, ws_url
+from tests.conftest import connect, keep_facts, token
 from tests.test_controls import (
     Phone,
     _phone,
@@ -377,13 +378,26 @@ async def phone(make_instance: Any, aiohttp_server: Any, aiohttp_client: Any, re
 
 # -- 4. the target's console stops reading its websocket ------------------------------------------------------
 
-async def _stalled_console(phone: Phone, agent: str) -> tuple[Any, socket.socket]:
-    """An agent console that says hello and then never reads again (tiny receive window, tiny server buffer)."""
+async def _stalled_console(phone: Phone, agent: str) -> tuple[asyncio.StreamWriter, socket.socket]:
+    """An agent console that says hello and then never reads again: a raw websocket client (no library
+    reading for it in the background) with a tiny receive window, and a tiny send buffer on the server side."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect((phone.server.host, phone.server.port))
-    conn = await websockets.connect(ws_url(phone.server), sock=sock, max_queue=1, ping_interval=None)
-    await conn.send(json.dumps({"type": "hello", "token": token(agent)}))
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (phone.server.host, phone.server.port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write((f"GET /ws HTTP/1.1\r\nHost: {phone.server.host}:{phone.server.port}\r\nUpgrade: websocket\r\n"
+                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                  "Sec-WebSocket-Protocol: callboard.v1.json\r\n\r\n").encode())
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")  # the last read it ever does
+    writer.transport.pause_reading()  # (asyncio would otherwise keep reading into its buffer for us)
+    payload = json.dumps({"type": "hello", "token": token(agent)}).encode()
+    mask = os.urandom(4)
+    head = bytes([0x81]) + (bytes([0x80 | len(payload)]) if len(payload) < 126
+                            else bytes([0x80 | 126]) + len(payload).to_bytes(2, "big"))
+    writer.write(head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+    await writer.drain()
     services = phone.server.app[SERVICES]
     for _ in range(200):
         session = next((s for s in services.sessions if s.claims.sub == agent), None)
@@ -393,23 +407,28 @@ async def _stalled_console(phone: Phone, agent: str) -> tuple[Any, socket.socket
     assert session is not None
     session.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     await until(lambda: _is(phone, agent, "available"))
-    return conn, sock
+    return writer, sock
+
+
+async def _owes(phone: Phone, agent: str) -> bool:
+    """Has the server bytes for this agent's socket that its client has not taken (or closed it for that)?"""
+    stalled = [s for s in phone.server.app[SERVICES].sessions if s.claims.sub == agent]
+    return not stalled or owed_bytes(stalled[0].transport) > 0
 
 
 async def test_a_target_console_that_never_reads_still_has_its_offer_expire_and_the_first_agent_is_told(
         phone: Phone) -> None:
     caller, leg, socks = await bridged(phone)
-    # a fat directory match (tens of KiB): the offer frame alone is more than the stalled socket takes
-    lookup = {"withheld": False, "customers": [{"name": f"Customer {n} " + "x" * 400, "company": "y" * 400}
-                                               for n in range(40)]}
+    # a fat directory match (over 100 KiB): the offer frame alone is more than the stalled socket takes
+    lookup = {"withheld": False, "customers": [{"name": f"Customer {n} " + "x" * 3000, "company": "y" * 3000}
+                                               for n in range(20)]}  # (an offer shows at most 20)
     await phone.redis.set(keys.caller(caller), json.dumps(lookup))
-    conn, sock = await _stalled_console(phone, "bob")
+    writer, sock = await _stalled_console(phone, "bob")
     status, body = await phone.api(caller, "transfer", {"agent": "bob"}, tok=token("alice"))
     assert status == 200, body
     for _ in range(20):  # the queue's deltas keep coming to bob's console too: callers enter and wait
         await phone.caller()
-    stalled = [s for s in phone.server.app[SERVICES].sessions if s.claims.sub == "bob"]
-    assert not stalled or owed_bytes(stalled[0].transport) > 0  # he really does not take what he is sent
+    await until(lambda: _owes(phone, "bob"))  # he really does not take what he is sent
     phone.clock.advance(16)
     failed = await wait_message(socks["alice"], "transfer_failed", timeout=10)
     assert (failed["offer_id"], failed["to"], failed["reason"]) == (body["offer_id"], "bob", "missed")
@@ -421,7 +440,7 @@ async def test_a_target_console_that_never_reads_still_has_its_offer_expire_and_
     # or, if the stall closed his socket meanwhile (4429), is refused as not available
     status, again = await phone.api(caller, "transfer", {"agent": "bob"}, tok=token("alice"))
     assert (status == 200 and again["status"] == "offered") or (status == 409 and again["code"] == "agent_busy"), again
-    sock.close()
+    writer.close()
 
 
 async def test_an_answer_callboard_never_hears_of_ends_with_the_connect_deadline_and_the_leg_is_ended(
