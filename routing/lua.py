@@ -129,15 +129,17 @@ end
 -- (the call hash's xfer, softphone/lua.py) goes in the same atomic call, so a transfer can never be both
 -- answered and cancelled; the first agent hears why (transfer_failed); the caller never notices.
 -- Returns true when the caller is now alone: the agent who held it left while the transfer was pending
--- (softphone's owner_left marked the call `orphan`), so the caller must be hung up, not left on hold music.
+-- (softphone's owner_left marked the call `orphan`), so the caller must be hung up, not left on hold music;
+-- and, second, the target's participant call if one was created (the caller of a connect timeout ends it).
 local function end_transfer(o, reason, result)
   end_offer(o, reason, result, true)
   local ck = k_call_h(o.call)
   local raw = redis.call('HGET', ck, 'xfer')
-  local alone = false
+  local alone, part = false, nil
   if raw then
     local x = cjson.decode(raw)
     if x.offer == o.id then
+      part = x.part
       redis.call('HDEL', ck, 'xfer')
       if x.from then
         -- the first agent reads `missed` where the target's own offer said `expired`
@@ -147,7 +149,7 @@ local function end_transfer(o, reason, result)
       alone = redis.call('HEXISTS', ck, 'orphan') == 1 and redis.call('HEXISTS', ck, 'end_ms') == 0
     end
   end
-  return alone
+  return alone, part
 end
 """ % {
     "offer_agents": keys.OFFER_AGENTS, "offer_calls": keys.OFFER_CALLS, "offer_due": keys.OFFER_DUE,
@@ -159,8 +161,9 @@ end
 #   missed_to_away}, ARGV[7] = msgpack list of proposals {call, queue, cands = {agent ids, best first}}.
 #   0. Transfer offers (kind = transfer, made by softphone/): caller hung up -> caller_left; open and the
 #      target no longer offerable -> agent_unavailable; open past expiry -> expired (missed, as below);
-#      accepted but not connected by the deadline -> connect_timeout. Each also ends the call's `xfer`
-#      and tells the first agent (transfer_failed). This part needs no proposals, so it runs in pull mode
+#      accepted but not connected by the deadline -> connect_timeout (its participant call, if one was
+#      created, is returned in `strays` for the router to end). Each also ends the call's `xfer` and tells
+#      the first agent (transfer_failed). This part needs no proposals, so it runs in pull mode
 #      too (the router there proposes nothing): expiry never depends on the instance that made the offer.
 #   1. Open offers whose caller left -> caller_left (cancelled); whose agent is no longer offerable
 #      (not available, no connection, cannot take calls) -> agent_unavailable (cancelled); past expiry ->
@@ -170,11 +173,12 @@ end
 #   2. Each proposal, in order: skipped unless the caller is still waiting with no offer; the first
 #      candidate that is offerable gets the offer, agents who rejected or missed this caller last.
 #   Returns msgpack {created = {{offer_id, call, agent, queue, entered_ms, since_ms}...},
-#                    ended = {{queue, result}...}, orphans = {CallSids left alone by a failed transfer}}.
+#                    ended = {{queue, result}...}, orphans = {CallSids left alone by a failed transfer},
+#                    strays = {{CallSid, participant CallSid} of transfers that timed out after ringing}}.
 ROUTE_TICK_BODY = """
 local cfg = cmsgpack.unpack(ARGV[6])
 local proposals = cmsgpack.unpack(ARGV[7])
-local created, ended, orphans = {}, {}, {}
+local created, ended, orphans, strays = {}, {}, {}, {}
 
 local open = redis.call('HGETALL', OFFER_AGENTS)
 for i = 1, #open, 2 do
@@ -200,7 +204,12 @@ for i = 1, #open, 2 do
         ended_as = 'missed'
       end
     elseif tonumber(o.due_ms) <= NOW then
-      alone = end_transfer(o, 'connect_timeout', o.state == 'accepting' and 'cancelled' or nil)
+      -- accepted, never connected in time. Its participant call may still ring, or may even have been
+      -- answered with callboard never told (a status callback Twilio could not deliver): it is ended, so
+      -- the target is never left in a call that is not theirs
+      local part
+      alone, part = end_transfer(o, 'connect_timeout', o.state == 'accepting' and 'cancelled' or nil)
+      if part then strays[#strays + 1] = {o.call, part} end
       ended_as = 'cancelled'
     end
     if ended_as then ended[#ended + 1] = {o.queue, ended_as} end
@@ -266,7 +275,7 @@ for _, p in ipairs(proposals) do
     end
   end
 end
-return cmsgpack.pack({created = created, ended = ended, orphans = orphans})
+return cmsgpack.pack({created = created, ended = ended, orphans = orphans, strays = strays})
 """
 
 # ANSWER — the agent's answer to an offer.

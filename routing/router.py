@@ -101,6 +101,8 @@ class Router:
         self.transfer_accepted: Callable[[str, str, str], Awaitable[bool]] | None = None
         # ... and this: a failed transfer left its caller alone (the first agent had left) -> hang it up
         self.transfer_orphaned: Callable[[str], Awaitable[None]] | None = None
+        # ... and this: a transfer timed out after its participant was rung -> end that participant's call
+        self.transfer_stray: Callable[[str, str], Awaitable[None]] | None = None
 
     # -- the loop ----------------------------------------------------------------------------------------
 
@@ -178,6 +180,9 @@ class Router:
             self.metrics.offers.labels(queue, result).inc()
         for call_sid in out.get("orphans") or []:
             self._orphaned(call_sid)
+        for call_sid, part in out.get("strays") or []:
+            if self.transfer_stray is not None:
+                self._spawn(self.transfer_stray(call_sid, part), f"stray-{part}")
         created = []
         for offer_id, call_sid, agent, queue, entered_ms, since_ms in out.get("created") or []:
             latency_ms = max(now_ms - max(int(entered_ms or 0), int(since_ms or 0)), 0)

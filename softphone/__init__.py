@@ -29,9 +29,11 @@ def install(app: web.Application, services: Services) -> None:
         # a transfer to an agent is a routing offer; its Accept rings the agent into the call's conference
         services.routing.transfer_accepted = controls.transfer_accepted
         services.routing.transfer_orphaned = controls.transfer_orphaned
+        services.routing.transfer_stray = controls.transfer_stray
     app.add_routes(controls.routes())
 
     async def close(app: web.Application) -> None:
+        await controls.close()
         await rest.close()
 
     app.on_cleanup.append(close)

@@ -18,8 +18,11 @@ Twilio first and records what Twilio did, so the record never says something hap
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -27,7 +30,9 @@ import msgpack
 from aiohttp import web
 from multidict import MultiDictProxy
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from callboard import keys
 from callboard.auth import AuthRefused, Claims, claims_from_header
@@ -53,6 +58,13 @@ END_STATUSES = frozenset({"completed", "busy", "failed", "no-answer", "canceled"
 TRANSFER_RING_S = 20  # how long an accepted offer's participant rings; the console answers at once, this is slack
 MAX_BODY_BYTES = 16 * 1024
 CALL_NOT_IN_PROGRESS = 21220  # Twilio's answer to a Calls update of a call that has ended
+# Status callbacks (a participant answered, the holder left the conference) are sent once: Twilio does not
+# send one again because callboard answered 500. One that finds Redis away is kept, in order, and applied
+# when Redis is back (like callflow's call-event spool); Twilio gets its empty answer at once.
+BACKLOG_MAX = 10_000
+BACKLOG_RETRY_S = (0.05, 2.0)
+_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)  # worth waiting for; other errors are bugs
+Hook = Callable[[web.Request, MultiDictProxy[str]], Awaitable[str]]
 
 
 class Controls:
@@ -65,6 +77,8 @@ class Controls:
         self.public_url = public_url.rstrip("/") if public_url else None
         self._script = redis.register_script(lua.CONTROL)
         self.conference_mode = config.center.bridge == "conference"
+        self._backlog: deque[tuple[str, Hook, web.Request, MultiDictProxy[str]]] = deque()
+        self._backlog_task: asyncio.Task[None] | None = None
         if self.conference_mode:
             flow.take_next_in_conference = self.take_next
             flow.connect_in_conference = self.connect_offer
@@ -76,10 +90,68 @@ class Controls:
         for name, handler in (("hold", self.hold), ("transfer", self.transfer), ("monitor", self.monitor),
                               ("hangup", self.hangup), ("wrap-up", self.wrap_up)):
             api.append(web.post(f"/api/calls/{{call_sid}}/{name}", self._api(name, handler)))
-        hooks = {"conference": self._conference, "conference-events": self._conference_events,
-                 "participant": self._participant, "requeue": self._requeue, "requeue-result": self._requeue_result,
-                 "hold-music": self._hold_music}
+        hooks: dict[str, Hook] = {
+            "conference": self._conference, "requeue": self._requeue, "hold-music": self._hold_music,
+            # status callbacks: their answer is empty TwiML, what matters is that their step happens
+            "conference-events": self._kept("conference-events", self._conference_events),
+            "participant": self._kept("participant", self._participant),
+            "requeue-result": self._kept("requeue-result", self._requeue_result,
+                                         callflow_twiml.queue_result(None, callflow_twiml.ENGLISH))}
         return [*api, *(self.flow.webhook(name, handler) for name, handler in hooks.items())]
+
+    # -- status callbacks that outlive a Redis outage -----------------------------------------------------
+
+    def _kept(self, name: str, handler: Hook, answer: str = callflow_twiml.empty()) -> Hook:
+        """A status callback whose step waits in the backlog while Redis is away, instead of being lost.
+        `answer` is the TwiML Twilio gets meanwhile (what the handler answers whatever its step did)."""
+        async def hook(request: web.Request, form: MultiDictProxy[str]) -> str:
+            if self._backlog:  # others wait already: this one goes after them (their order is Twilio's)
+                self._keep(name, handler, request, form)
+                return answer
+            try:  # (no overall timeout: it would cut the handler's Twilio requests short, not only Redis)
+                return await handler(request, form)
+            except _UNAVAILABLE as exc:
+                log.warning("twilio %s: Redis unavailable (%s); applied when Redis is back", name,
+                            exc or type(exc).__name__)
+                self._keep(name, handler, request, form)
+                return answer
+
+        return hook
+
+    def _keep(self, name: str, handler: Hook, request: web.Request, form: MultiDictProxy[str]) -> None:
+        if len(self._backlog) >= BACKLOG_MAX:
+            dropped = self._backlog.popleft()
+            log.error("twilio %s callback dropped: %d callbacks already wait for Redis", dropped[0], BACKLOG_MAX)
+        self._backlog.append((name, handler, request, form))
+        if self._backlog_task is None or self._backlog_task.done():
+            self._backlog_task = asyncio.ensure_future(self._drain_backlog())
+
+    async def _drain_backlog(self) -> None:
+        """Apply the kept callbacks in order once Redis answers (each step is safe to apply twice)."""
+        pause = BACKLOG_RETRY_S[0]
+        while self._backlog:
+            name, handler, request, form = self._backlog[0]
+            try:
+                await handler(request, form)
+            except _UNAVAILABLE:
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, BACKLOG_RETRY_S[1])
+                continue
+            except Exception:  # a boundary: one bad callback must not hold the others back
+                log.exception("twilio %s callback failed after Redis came back; dropped", name)
+            pause = BACKLOG_RETRY_S[0]
+            if self._backlog and self._backlog[0][2] is request:
+                self._backlog.popleft()
+            if not self._backlog:
+                log.info("status callbacks kept during the Redis outage are applied")
+
+    async def close(self) -> None:
+        """At shutdown: stop waiting for Redis (what is still kept is lost with the instance; deadlines apply)."""
+        if self._backlog_task is not None:
+            self._backlog_task.cancel()
+            await asyncio.gather(self._backlog_task, return_exceptions=True)
+        if self._backlog:
+            log.warning("%d status callbacks kept for Redis are lost with this instance", len(self._backlog))
 
     async def step(self, op: dict[str, Any]) -> dict[str, Any]:
         """One atomic control step in Redis (softphone/lua.py CONTROL)."""
@@ -193,7 +265,12 @@ class Controls:
         call = await self._call(call_sid)
         self._may_control(claims, call)
         self._live(call)
-        holder = call.get("agent") or claims.sub
+        holder = call.get("agent")
+        if not holder:
+            # a caller still waiting for its first agent (a supervisor's token reaches it): nobody would hand
+            # it on, an agent would be rung into an empty conference and put on a call nobody is on
+            raise ControlError(409, "call_queued", "this call is waiting in a queue; it can be transferred once an "
+                                                   "agent has it")
         if target.queue is not None:
             await self.rest.redirect_call(call_sid, self._url(request, "requeue", queue=target.queue, call=call_sid))
             done = await self.step({"op": "requeue", "sid": call_sid, "queue": target.queue, "from": holder})
@@ -406,6 +483,14 @@ class Controls:
             await self.rest.complete_call(caller)
         except RestError as exc:
             log.info("caller %s already gone when its agent left (%s)", caller, exc)
+
+    async def transfer_stray(self, caller: str, part: str) -> None:
+        """A transfer reached its connect deadline after its participant was rung (routing's tick ended it):
+        end that call, ringing or answered unbeknown to us (a status callback Twilio could not deliver)."""
+        try:
+            await self.rest.complete_call(part)
+        except RestError as exc:  # already over (21220): nothing to do
+            log.info("transfer participant %s of %s already gone at its deadline (%s)", part, caller, exc)
 
     async def _participant(self, request: web.Request, form: MultiDictProxy[str]) -> str:
         """Call status of a participant we added: a transfer's second agent, or a supervisor."""

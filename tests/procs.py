@@ -49,10 +49,11 @@ def _toml_value(value: Any) -> str:
 
 
 def write_config(path: Path, *, center: Mapping[str, Any] | None = None, server: Mapping[str, Any] | None = None,
-                 queues: Iterable[Mapping[str, Any]] = (), agents: Iterable[Mapping[str, Any]] = ()) -> Path:
+                 queues: Iterable[Mapping[str, Any]] = (), agents: Iterable[Mapping[str, Any]] = (),
+                 routing: Mapping[str, Any] | None = None) -> Path:
     """A callboard TOML config file (the shape of DESIGN.md "Running")."""
     lines: list[str] = []
-    for section, values in (("center", center), ("server", server)):
+    for section, values in (("center", center), ("server", server), ("routing", routing)):
         if values:
             lines.append(f"[{section}]")
             lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]

@@ -389,6 +389,26 @@ async def test_first_agent_gone_the_transfer_still_hands_the_caller_on(phone: Ph
     assert not [f for f in phone.rest("POST", f"/Calls/{caller}.json") if f.get("Status") == "completed"]
 
 
+async def test_an_accepted_transfer_not_connected_in_time_ends_its_ringing_leg(phone: Phone) -> None:
+    caller, leg, socks = await bridged(phone)
+    socks.update(await online(phone, "bob"))
+    phone.emu.softphones["bob"] = "wait"
+    offer = await _offer_to(phone, caller, "bob", socks["bob"])
+    await socks["bob"].send({"type": "accept", "offer_id": offer["offer_id"]})
+    assert (await wait_message(socks["bob"], "offer_ended"))["reason"] == "accepted"
+    [bobs] = [c.sid for c in phone.emu.calls.values() if c.to.startswith("client:bob")]
+    phone.clock.advance(61)  # past connect_timeout_s (60)
+    failed = await wait_message(socks["alice"], "transfer_failed")
+    assert (failed["to"], failed["reason"]) == ("bob", "connect_timeout")
+    await _no_offer_left(phone, caller)
+    # the tick that ended the transfer has its participant call ended: it cannot ring on into a call
+    await until(lambda: _true(bool(phone.rest("POST", f"/Calls/{bobs}.json"))))
+    assert phone.rest("POST", f"/Calls/{bobs}.json") == [{"Status": "completed"}]
+    await phone.emu.settle()
+    assert phone.emu.calls[bobs].status == "completed" and phone.emu.calls[caller].status == "in-progress"
+    assert (await phone.call(caller))["agent"] == "alice" and await state_of(phone, "bob") == "available"
+
+
 async def test_an_accepted_transfer_not_connected_in_time_ends_and_a_late_answer_is_removed(phone: Phone) -> None:
     caller, leg, socks = await bridged(phone)
     socks.update(await online(phone, "bob"))
@@ -396,16 +416,18 @@ async def test_an_accepted_transfer_not_connected_in_time_ends_and_a_late_answer
     offer = await _offer_to(phone, caller, "bob", socks["bob"])
     await socks["bob"].send({"type": "accept", "offer_id": offer["offer_id"]})
     assert (await wait_message(socks["bob"], "offer_ended"))["reason"] == "accepted"
+    [bobs] = [c.sid for c in phone.emu.calls.values() if c.to.startswith("client:bob")]
+    phone.emu.fail_next = [(404, 20404)]  # Twilio refuses the hang-up at the deadline: his phone rings on
     phone.clock.advance(61)  # past connect_timeout_s (60)
     failed = await wait_message(socks["alice"], "transfer_failed")
     assert (failed["to"], failed["reason"]) == ("bob", "connect_timeout")
     await _no_offer_left(phone, caller)
     [create] = phone.rest("POST", "/Participants.json")
+    await until(lambda: _true(not phone.emu.fail_next))
     await phone.emu.answer("bob")  # bob's softphone answers after all: he must not stay in the call
     await phone.emu.settle()
-    [bobs] = [c.sid for c in phone.emu.calls.values() if c.to.startswith("client:bob")]
-    await until(lambda: _true(bool(phone.rest("POST", f"/Calls/{bobs}.json"))))
-    assert phone.rest("POST", f"/Calls/{bobs}.json") == [{"Status": "completed"}]  # his leg is ended
+    await until(lambda: _true(len(phone.rest("POST", f"/Calls/{bobs}.json")) == 2))
+    assert phone.rest("POST", f"/Calls/{bobs}.json") == [{"Status": "completed"}] * 2  # refused, then his leg is ended
     # (the emulator sends the answered callback before the participant joins and then joins it anyway, so
     # its model shows bob's leg in-progress; Twilio ends a completed call. Only the request is asserted.)
     await phone.emu.settle()
