@@ -78,12 +78,21 @@ class Liveness:
         self.lease_redis = lease_redis
         self._lease_script = lease_redis.register_script(lua.HEARTBEAT) if lease_redis is not None else None
         self.lease_expires_ms = 0  # the expiry this instance last wrote successfully
+        # After a drain's release no renewal may write the lease again, not even one already in flight: the
+        # lock orders them, `released` ends the renewals (the heartbeat task runs until shutdown stops it).
+        self.released = False
+        self._lease_lock = asyncio.Lock()
         self.sweeps_skipped = 0  # sweeps left out because the own lease was not confirmed (never reap oneself)
         self._queued: list[tuple[Addressed, asyncio.Future[str | None]]] = []
         self._committing: asyncio.Task[None] | None = None
 
     async def renew(self) -> None:
         """Renew the lease; when it was missing, register every live connection again (idempotent)."""
+        async with self._lease_lock:
+            if not self.released:
+                await self._renew()
+
+    async def _renew(self) -> None:
         expires_ms = self.clock.now_ms() + int(self.ttl_s * 1000)
         if self._lease_script is not None:
             created = bool(await self._lease_script(args=[self.instance_id, expires_ms]))
@@ -179,9 +188,11 @@ class Liveness:
             await self.lease_redis.aclose()
 
     async def release(self) -> None:
-        """After a drain: give up the lease so nobody has to wait for it to expire."""
-        await self.store.release(self.instance_id, self.clock.now_ms())
-        self.lease_held = False
+        """After a drain: give up the lease so nobody has to wait for it to expire; it is never renewed again."""
+        async with self._lease_lock:
+            self.released = True
+            self.lease_held = False
+            await self.store.release(self.instance_id, self.clock.now_ms())
 
     async def run_heartbeat(self) -> None:
         while True:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from callboard import keys
 from callboard.clock import FakeClock
 from presence.liveness import Liveness
@@ -77,6 +79,22 @@ async def test_an_expired_instance_is_reaped_by_any_survivor_exactly_once(redis)
     assert (agents["bob"].state, agents["bob"].connections) == (AWAY, 0)
     assert (agents["carol"].state, agents["carol"].connections) == (AVAILABLE, 1)
     assert (AWAY, "disconnected") in await _states(redis)
+
+
+async def test_a_released_lease_is_never_renewed_again(redis) -> None:  # type: ignore[no-untyped-def]
+    """A drain releases the lease while the heartbeat task still runs (until shutdown stops it): neither a
+    renewal that starts right after the release nor one issued with it may write the lease back."""
+    clock = FakeClock()
+    live = _liveness(redis, clock, "i1")
+    await live.renew()
+    await live.register("tab1", "alice")
+    assert await redis.zscore(keys.INSTANCES, "i1") is not None
+    await asyncio.gather(live.release(), live.renew())  # the release's write goes out first
+    assert await redis.zscore(keys.INSTANCES, "i1") is None
+    clock.advance(5)
+    await live.renew()  # the heartbeat's next turn
+    assert await redis.zscore(keys.INSTANCES, "i1") is None
+    assert not live.lease_held
 
 
 async def test_a_lost_lease_registers_live_connections_again(redis) -> None:  # type: ignore[no-untyped-def]
