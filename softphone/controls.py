@@ -253,6 +253,7 @@ class Controls:
         return {"on": on, "hold_s": done.get("hold_ms", 0) / 1000}
 
     async def hangup(self, request: web.Request, claims: Claims, call_sid: str, body: Any) -> dict[str, Any]:
+        rules.no_fields(body)
         call = await self._call(call_sid)
         self._may_control(claims, call)
         self._live(call)

@@ -43,21 +43,33 @@ def check_call_sid(call_sid: str) -> None:
         raise ControlError(400, "bad_call_sid", "call_sid must be a Twilio CallSid (letters and digits)", "call_sid")
 
 
-def _object(body: Any) -> dict[str, Any]:
+def _object(body: Any, fields: tuple[str, ...]) -> dict[str, Any]:
+    """The body as a JSON object of these fields only: a misspelt one ("wram") is refused, never ignored."""
     if not isinstance(body, dict):
         raise ControlError(400, "bad_message", "the body must be a JSON object")
+    for name in body:
+        if name not in fields:
+            takes = f"takes {', '.join(fields)}" if fields else "takes no fields"
+            raise ControlError(400, "unknown_field", f"unknown field {str(name)[:64]!r}: this control {takes}",
+                               str(name)[:64])
     return body
 
 
+def no_fields(body: Any) -> None:
+    """A control without parameters (hang-up): an empty body, `{}`, or none at all."""
+    if body is not None:
+        _object(body, ())
+
+
 def hold_on(body: Any) -> bool:
-    on = _object(body).get("on")
+    on = _object(body, ("on",)).get("on")
     if not isinstance(on, bool):
         raise ControlError(400, "bad_message", '"on" must be true or false', "on")
     return on
 
 
 def transfer(body: Any, config: Config) -> Transfer:
-    b = _object(body)
+    b = _object(body, ("agent", "queue", "warm"))
     agent, queue, warm = b.get("agent"), b.get("queue"), b.get("warm", False)
     if not isinstance(warm, bool):
         raise ControlError(400, "bad_message", '"warm" must be true or false', "warm")
@@ -75,14 +87,14 @@ def transfer(body: Any, config: Config) -> Transfer:
 
 
 def monitor_mode(body: Any) -> str:
-    mode = _object(body).get("mode")
+    mode = _object(body, ("mode",)).get("mode")
     if mode not in MONITOR_MODES:
         raise ControlError(400, "bad_message", f'"mode" must be one of {", ".join(MONITOR_MODES)}', "mode")
     return str(mode)
 
 
 def wrap_up(body: Any, config: Config) -> tuple[str, str]:
-    b = _object(body)
+    b = _object(body, ("disposition", "note"))
     disposition, note = b.get("disposition"), b.get("note", "")
     if not isinstance(disposition, str) or disposition not in config.center.dispositions:
         raise ControlError(400, "bad_disposition",

@@ -76,6 +76,23 @@ def test_good_bodies() -> None:
             rules.check_call_sid(sid)
 
 
+def test_a_misspelt_field_is_refused_not_ignored() -> None:
+    """{"agent": "bob", "wram": true} would otherwise be a cold transfer the agent did not ask for."""
+    config = make_config()
+    calls = [lambda b: rules.transfer(b, config), rules.hold_on, rules.monitor_mode,
+             lambda b: rules.wrap_up(b, config), rules.no_fields]
+    bodies = [{"agent": "bob", "wram": True}, {"on": True, "of": 1}, {"mode": "listen", "moed": "x"},
+              {"disposition": "resolved", "notes": "typo"}, {"force": True}]
+    for call, body in zip(calls, bodies, strict=True):
+        with pytest.raises(ControlError) as err:
+            call(body)
+        bad = [k for k in body if k in ("wram", "of", "moed", "notes", "force")][0]
+        assert (err.value.status, err.value.code, err.value.field) == (400, "unknown_field", bad)
+        assert f"unknown field '{bad}'" in str(err.value)
+    rules.no_fields({})
+    rules.no_fields(None)
+
+
 def test_monitor_options_per_mode() -> None:
     assert rules.monitor_options("listen", "CA1") == {"muted": True, "beep": "false"}
     assert rules.monitor_options("whisper", "CA1") == {"coaching": True, "call_sid_to_coach": "CA1", "beep": "false"}
