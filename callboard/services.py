@@ -10,7 +10,7 @@ import asyncio
 import logging
 import os
 import secrets
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -169,13 +169,7 @@ class Services:
 
     async def stop_tasks(self) -> None:
         """Cancel the background tasks; a task that ignores a cancellation is cancelled again, and named."""
-        pending = {t for t in self.tasks if not t.done()}
-        for _ in range(5):
-            if not pending:
-                break
-            for task in pending:
-                task.cancel()
-            _, pending = await asyncio.wait(pending, timeout=2.0)
+        pending = await cancel_and_wait(self.tasks)
         for task in pending:
             log.error("background task %s did not stop when cancelled", task.get_name())
         for task in self.tasks:
@@ -210,6 +204,26 @@ class Services:
         for session in list(self.sessions):
             if session.transport is not None:
                 session.transport.abort()
+
+
+async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]], *, rounds: int = 5,
+                          wait_s: float = 2.0) -> set[asyncio.Task[Any]]:
+    """Cancel tasks and wait for them to end, cancelling again those that go on; returns any still running.
+
+    One cancel is not always enough on Python 3.11: asyncio.wait_for returns the awaited result instead of
+    raising when the cancellation arrives in the loop iteration that completes it, so the cancellation is
+    lost (CPython gh-86296, fixed in 3.12). redis-py awaits every send through wait_for when the connection
+    has a socket timeout (callboard's pool sets one, redis-py 8 sets one by default), so a loop around
+    Redis commands can miss the first cancel and go on with its next turn.
+    """
+    pending = {t for t in tasks if not t.done()}
+    for _ in range(rounds):
+        if not pending:
+            break
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=wait_s)
+    return pending
 
 
 async def _logged(coro: Coroutine[Any, Any, Any], name: str) -> None:

@@ -14,6 +14,7 @@ import pytest
 from redis.asyncio import Redis
 
 from callboard import keys
+from callboard.services import cancel_and_wait
 from callflow.lua import QUEUE_TIME_PROBE
 from callflow.stats import (
     MAX_QUEUE_TIME_S,
@@ -83,9 +84,7 @@ async def test_aht_is_exact_after_a_redis_outage_across_a_wrap_up(aiohttp_client
         stats = await h.stats()
         assert _only_fields(stats["support"]["today"]) == EXPECTED_TODAY
         assert _only_fields(stats["support"]["last_30m"]) == EXPECTED_LAST_30M
-        spool_task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await spool_task
+        assert not await cancel_and_wait([spool_task]) and spool_task.cancelled()  # see cancel_and_wait: one cancel may be lost on 3.11
     finally:
         await client.aclose()
 

@@ -18,6 +18,7 @@ import redis as sync_redis
 from redis.asyncio import Redis
 
 from callboard.embedded import redis_server_binary
+from callboard.services import cancel_and_wait
 from tests.test_callflow_day import (
     EXPECTED_LAST_30M,
     EXPECTED_TODAY,
@@ -111,9 +112,7 @@ async def test_redis_stopped_mid_day_loses_nothing(aiohttp_client: Any, redis: R
         assert await h.agent_states() == {"alice": ("available", None), "bob": ("away", "disconnected")}
         assert h.metrics.registry.get_sample_value("callboard_calls_entered_total", {"queue": "support"}) == 8
         assert h.metrics.registry.get_sample_value("callboard_redis_errors_total") >= 1
-        spool_task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await spool_task
+        assert not await cancel_and_wait([spool_task]) and spool_task.cancelled()  # see cancel_and_wait: one cancel may be lost on 3.11
     finally:
         await client.aclose()
 

@@ -19,6 +19,7 @@ import pytest
 from redis.asyncio import Redis
 
 from callboard.config import Config, parse_config
+from callboard.services import cancel_and_wait
 from tests.test_callflow_day import (
     SUPPORT,
     Harness,
@@ -112,9 +113,7 @@ async def test_a_minute_without_redis_under_load_loses_nothing(aiohttp_client: A
             await h.do(step, checks=False)  # a post asserts 200 and TwiML, outage or not
         queue, agents = await _final(h)
         assert h.metrics.registry.get_sample_value("callboard_spool_dropped_total") in (None, 0)
-        spool.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await spool
+        assert not await cancel_and_wait([spool]) and spool.cancelled()  # see cancel_and_wait: one cancel may be lost on 3.11
     finally:
         await client.aclose()
     assert queue["today"] == expected_queue["today"]

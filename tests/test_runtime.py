@@ -136,3 +136,42 @@ def test_young_collections_stay_small_while_everything_survives_and_the_middle_o
             gc.callbacks.remove(on_gc)
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+async def test_a_task_that_loses_a_cancellation_is_cancelled_again() -> None:
+    """What Python 3.11's wait_for does inside redis-py (see cancel_and_wait): the first cancel is lost."""
+    from callboard.services import cancel_and_wait
+
+    turns_after_cancel = 0
+
+    async def loses_one_cancel() -> None:
+        nonlocal turns_after_cancel
+        lost = False
+        while True:
+            try:
+                await asyncio.sleep(0.01)
+            except asyncio.CancelledError:
+                if lost:
+                    raise
+                lost = True
+                asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            if lost:
+                turns_after_cancel += 1
+
+    release = asyncio.Event()
+
+    async def ignores_cancels() -> None:
+        while not release.is_set():
+            try:
+                await asyncio.sleep(0.01)
+            except asyncio.CancelledError:
+                pass
+
+    first = asyncio.create_task(loses_one_cancel())
+    await asyncio.sleep(0.02)
+    assert not await cancel_and_wait([first]) and first.cancelled() and turns_after_cancel >= 1
+    stubborn = asyncio.create_task(ignores_cancels())
+    await asyncio.sleep(0)
+    assert await cancel_and_wait([stubborn], rounds=2, wait_s=0.05) == {stubborn}  # returned for the caller to name
+    release.set()
+    await stubborn

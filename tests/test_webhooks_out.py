@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from standardwebhooks.webhooks import Webhook
 
 from callboard.config import ConfigError
-from callboard.services import SERVICES
+from callboard.services import SERVICES, cancel_and_wait
 from tests.conftest import make_config, token
 from webhooks import messages
 from webhooks import outbox as outbox_mod
@@ -139,8 +139,7 @@ async def test_a_receiver_that_fails_twice_gets_each_event_exactly_once_per_webh
         await until(lambda: len(receiver.delivered) >= 5)
         await asyncio.sleep(0.5)  # nothing more arrives
     finally:
-        runner.cancel()
-        await asyncio.gather(runner, return_exceptions=True)
+        assert not await cancel_and_wait([runner])  # see cancel_and_wait: one cancel may be lost on 3.11
     ids = [m for m, _ in receiver.delivered]
     assert len(ids) == len(set(ids)) == 5
     assert all(receiver.attempts[m] == 3 for m in ids)  # two failures, one success, same id each time
@@ -162,8 +161,7 @@ async def test_a_forged_signature_is_refused_by_the_receiver(aiohttp_server: Any
     try:
         await until(lambda: box.deliveries_total.labels("crm", "retry")._value.get() >= 1)
     finally:
-        runner.cancel()
-        await asyncio.gather(runner, return_exceptions=True)
+        assert not await cancel_and_wait([runner])  # see cancel_and_wait: one cancel may be lost on 3.11
     assert receiver.delivered == []
 
 
@@ -181,8 +179,7 @@ async def test_a_dead_endpoint_never_delays_another(aiohttp_server: Any, redis: 
             await box.enqueue("agent.state_changed", f"f{n}", 1, {"n": n})
         await until(lambda: len(alive.delivered) == 30, timeout=20.0)
     finally:
-        runner.cancel()
-        await asyncio.gather(runner, return_exceptions=True)
+        assert not await cancel_and_wait([runner])  # see cancel_and_wait: one cancel may be lost on 3.11
     assert dead.delivered == []
     pending = await box.deliveries("pending", 100)
     assert len(pending) == 30 and {d["endpoint"] for d in pending} == {"dead"}  # waiting, not lost
@@ -199,8 +196,7 @@ async def test_a_restart_in_the_middle_of_retries_still_delivers(aiohttp_server:
     await box.enqueue("call.completed", "CA-restart", 1, {"call_sid": "CA-restart"})
     runner = asyncio.create_task(box.run())
     await until(lambda: sum(receiver.attempts.values()) >= 2)
-    runner.cancel()
-    await asyncio.gather(runner, return_exceptions=True)
+    assert not await cancel_and_wait([runner])  # see cancel_and_wait: one cancel may be lost on 3.11
     await first.aclose()
     proc.send_signal(signal.SIGKILL)  # Redis dies too; AOF (fsync always) holds the outbox
     proc.wait(10)
@@ -218,8 +214,7 @@ async def test_a_restart_in_the_middle_of_retries_still_delivers(aiohttp_server:
                     break
                 await asyncio.sleep(0.05)
         finally:
-            runner.cancel()
-            await asyncio.gather(runner, return_exceptions=True)
+            assert not await cancel_and_wait([runner])  # see cancel_and_wait: one cancel may be lost on 3.11
         (msg_id, payload), = receiver.delivered
         assert list(receiver.attempts) == [msg_id] and receiver.attempts[msg_id] >= 3
         assert payload["data"] == {"call_sid": "CA-restart"}
