@@ -336,7 +336,8 @@ async def _serve(args: argparse.Namespace, *, demo: bool) -> int:
         log.info("serving on %s (wallboard %s/wallboard, metrics %s/metrics)", base, base, base)
         sim_task = None
         if demo:
-            sim_task = asyncio.create_task(_run_demo_simulation(args, config, settings, base, stop, emulator))
+            sim_task = asyncio.create_task(_run_demo_simulation(args, config, settings, base, stop, emulator,
+                                                                app[SERVICES]))
         await stop.wait()
         if sim_task is not None:  # the simulator sees `stop` too: let it hang up its calls first
             try:
@@ -354,8 +355,9 @@ async def _serve(args: argparse.Namespace, *, demo: bool) -> int:
 
 
 async def _run_demo_simulation(args: argparse.Namespace, config: Config, settings: Settings, base: str,
-                               stop: asyncio.Event, emulator: Any = None) -> None:
+                               stop: asyncio.Event, emulator: Any = None, services: Any = None) -> None:
     from callboard.auth import issue_token
+    from simulator import directory
     from simulator import run as simulate
 
     secret = settings.secret
@@ -373,11 +375,17 @@ async def _run_demo_simulation(args: argparse.Namespace, config: Config, setting
     print(f"  Reports:        {base}/reports#token={boss}", flush=True)
     print(f"  Customers:      {base}/customers#token={boss}", flush=True)
     print(f"  Metrics:        {base}/metrics\n  Stop with Ctrl-C.\n", flush=True)
+    # a small directory (only into an empty one) and half the callers dialling from its numbers: the screen
+    # pops find customers, and in offer mode their owners are offered the call first
+    if services is not None:
+        await directory.seed_for_demo(services.db, config, services.clock)
+    known = directory.caller_numbers()
     if emulator is not None and config.center.bridge == "conference":
         from simulator.conference_demo import ConferenceDemo
 
         conf_demo = ConferenceDemo(config=config, secret=secret, emu=emulator, base=base, stop=stop,
-                                   calls_per_minute=args.calls_per_minute, speed=args.speed, seed=args.seed)
+                                   calls_per_minute=args.calls_per_minute, speed=args.speed, seed=args.seed,
+                                   known_callers=known)
         try:
             print(f"  conference demo: {(await conf_demo.run()).line()}", flush=True)
         except Exception:
@@ -387,7 +395,8 @@ async def _run_demo_simulation(args: argparse.Namespace, config: Config, setting
         from simulator.offer_demo import OfferDemo
 
         demo = OfferDemo(config=config, secret=secret, emu=emulator, base=base, stop=stop,
-                         calls_per_minute=args.calls_per_minute, speed=args.speed, seed=args.seed)
+                         calls_per_minute=args.calls_per_minute, speed=args.speed, seed=args.seed,
+                         known_callers=known)
         try:
             print(f"  offer demo: {(await demo.run()).line()}", flush=True)
         except Exception:
@@ -395,7 +404,7 @@ async def _run_demo_simulation(args: argparse.Namespace, config: Config, setting
         return
     opts = simulate.options_from_args(args, config=config, secret=secret,
                                       twilio_auth_token=settings.twilio_auth_token or "",
-                                      public_url=settings.public_url, url=base)
+                                      public_url=settings.public_url, url=base, known_callers=known)
     try:
         await simulate.run_simulation(opts, stop=stop)
     except Exception:

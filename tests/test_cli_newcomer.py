@@ -4,10 +4,12 @@ supervisor's links to the reports and customers pages, which stay in sight (no a
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -125,6 +127,17 @@ def test_the_demo_prints_the_kiosk_url_for_the_wall_and_a_supervisor_s_pages(tmp
             assert resp.status == 200
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/reports", timeout=30) as resp:
             assert resp.status == 200
+        # the empty directory of a first demo got the demo's customers (written just after the links)
+        search = urllib.request.Request(f"http://127.0.0.1:{port}/api/customers?q=%E6%9C%A8%E6%9D%91&limit=100",
+                                        headers={"Authorization": f"Bearer {boss}"})  # q=木村: the shared line
+        names: set[str] = set()
+        for _ in range(100):
+            with urllib.request.urlopen(search, timeout=30) as resp:
+                names = {c["name"] for c in json.load(resp)["customers"]}
+            if names:
+                break
+            time.sleep(0.1)
+        assert names == {"木村 拓也", "木村 明美"}, names
     finally:
         proc.terminate()
         try:
@@ -136,4 +149,5 @@ def test_the_demo_prints_the_kiosk_url_for_the_wall_and_a_supervisor_s_pages(tmp
     # (a simulated center makes several a second), and neither are alembic's plugin set-up lines
     logged = log_path.read_text()
     assert "serving on" in logged, logged  # the log is there
+    assert "the customer directory was empty; wrote 19 demo customers" in logged, logged
     assert "aiohttp.access" not in logged and "setup plugin" not in logged, logged
