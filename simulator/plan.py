@@ -12,7 +12,8 @@ reaction (its softphone calls the `agent` route with `queue=`), Twilio dequeues 
 asks `bridge`; when the conversation ends come the agent leg's status callback, the caller's Enqueue action
 (`queue-result`, QueueResult=bridged) and the caller's status callback. A caller whose patience runs out
 first hangs up (QueueResult=hangup). A small seeded share of requests is delivered twice (Twilio retries)
-and of callers' status callbacks overtakes their queue-result.
+and of callers' status callbacks overtakes their queue-result. Callers dial from a pool of random numbers,
+or, a share of them, from `known_callers` (the demo's directory, so screen pops find the customer).
 """
 
 from __future__ import annotations

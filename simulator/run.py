@@ -221,7 +221,7 @@ class _AgentClient:
             self.mirror = merge_patch.apply(self.mirror, {k: v for k, v in msg.items() if k != "type"})
         elif kind == "pop":
             self.run.tally.agents["pops"] += 1
-            if msg.get("customers"):  # the lookup's second pop, when the first came before it
+            if msg.get("customers"):  # a call pops twice when its lookup lands after the bridge: a set
                 self.run.tally.known_pops.add(str(msg.get("call_sid")))
             bridged_to = self.run.bridged_to.get(msg.get("call_sid", ""))
             if bridged_to != self.id:
@@ -540,7 +540,7 @@ def format_report(report: dict[str, Any]) -> str:
         f"simulated {report['simulated_s']:.0f} s in {report['elapsed_s']:.0f} s (seed {report['seed']}, speed {report['speed']}x)",
         f"calls: {c['offered']} offered, {c['answered']} answered, {c['abandoned']} abandoned, {c['unstaffed']} unstaffed",
         f"agents: {a['simulated']} simulated, {a['logins']} logins, {a['breaks']} breaks, {a['reloads']} reloads, "
-        f"{a['drops']} drop-offs, {a['pops']} screen pops ({a['pops_with_customer']} calls found a customer)",
+        f"{a['drops']} drop-offs, {a['pops']} screen pops ({a['pops_with_customer']} with a customer)",
         f"problems: {w['errors']} webhook errors, {report['websocket']['errors']} websocket errors, "
         f"{report['websocket']['unexpected_closes']} unexpected closes, {report['divergences']} divergences",
     ]

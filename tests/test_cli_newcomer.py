@@ -145,9 +145,21 @@ def test_the_demo_prints_the_kiosk_url_for_the_wall_and_a_supervisor_s_pages(tmp
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
-    # those requests are not in the demo's log: an access line per request would bury the links above
-    # (a simulated center makes several a second), and neither are alembic's plugin set-up lines
     logged = log_path.read_text()
     assert "serving on" in logged, logged  # the log is there
     assert "the customer directory was empty; wrote 19 demo customers" in logged, logged
+    # a seed of its own: a second demo on this data directory (its Redis keeps the calls) must not replay the
+    # first run's CallSids, which the server takes for retries (no screen pops)
+    assert "demo: simulator seed " in logged, logged
+    # those requests are not in the demo's log: an access line per request would bury the links above
+    # (a simulated center makes several a second), and neither are alembic's plugin set-up lines
     assert "aiohttp.access" not in logged and "setup plugin" not in logged, logged
+
+
+def test_each_demo_draws_its_own_simulator_seed_unless_given() -> None:
+    from callboard.cli import _parser
+
+    parser = _parser()
+    assert parser.parse_args(["demo"]).seed is None  # drawn at start-up, and logged
+    assert parser.parse_args(["demo", "--seed", "7"]).seed == 7
+    assert parser.parse_args(["simulate"]).seed == 1  # `callboard simulate` stays reproducible by default
