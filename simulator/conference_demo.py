@@ -339,6 +339,8 @@ class ConferenceDemo:
         self.popped: set[str] = set()  # callers answered (first screen pop)
         self.known_callers = known_callers  # the directory's numbers (simulator/directory.py): half dial from these
         self.known_share = known_share
+        # its own stream: which number a caller dials leaves the behaviour's draws (talk, hold, ...) as they were
+        self.caller_rng = random.Random(f"{seed}-callers")
         self.known: set[str] = set()  # callers whose pop named a customer
         self.session: aiohttp.ClientSession | None = None
         self.baseline: dict[str, dict[str, int]] | None = None
@@ -401,7 +403,7 @@ class ConferenceDemo:
 
     async def caller(self) -> None:
         queue, number = self.rng.choice(self.numbers)
-        frm = caller_number(self.rng, self.known_callers, self.known_share)
+        frm = caller_number(self.caller_rng, self.known_callers, self.known_share)
         patience = self.rng.uniform(*self.behaviour.patience_s)
         self.report.counts["callers"] += 1
         call = await self.emu.place_call(from_=frm, to=number, url=f"{self.base}/twilio/voice/incoming",

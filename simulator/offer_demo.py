@@ -181,6 +181,8 @@ class OfferDemo:
         self.numbers = [(q.name, q.numbers[0]) for q in config.queues if q.numbers]
         self.known_callers = known_callers  # the directory's numbers (simulator/directory.py): half dial from these
         self.known_share = known_share
+        # its own stream: which number a caller dials leaves the behaviour's draws (talk, hold, ...) as they were
+        self.caller_rng = random.Random(f"{seed}-callers")
         self.known_pops: set[str] = set()
 
     def pop(self, msg: dict[str, Any]) -> None:
@@ -195,7 +197,7 @@ class OfferDemo:
 
     async def caller(self, n: int) -> None:
         queue, number = self.rng.choice(self.numbers)
-        frm = caller_number(self.rng, self.known_callers, self.known_share)
+        frm = caller_number(self.caller_rng, self.known_callers, self.known_share)
         self.report.counts["callers"] += 1
         call = await self.emu.place_call(from_=frm, to=number, url=f"{self.base}/twilio/voice/incoming",
                                          status_callback=f"{self.base}/twilio/voice/status")
