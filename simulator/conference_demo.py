@@ -39,6 +39,7 @@ from websockets.exceptions import ConnectionClosed, WebSocketException
 from callboard.auth import issue_token
 from callboard.config import Config
 from simulator.crew import Crew
+from simulator.offer_demo import KNOWN_CALLER_SHARE, caller_number
 from simulator.twilio_api import ENDED, EmuCall, TwilioEmulator, new_sid
 
 log = logging.getLogger("callboard.simulator.conference")
@@ -82,7 +83,9 @@ class DemoReport:
         return (f"callers {c['callers']}, answered {c['answered']}, abandoned {c['abandoned']}, "
                 f"holds {c['holds']}, transfers to agents {c['transfers_agent']} (taken {c['transfers_taken']}, "
                 f"refused {c['transfers_refused']}, not answered {c['transfers_not_taken']}), "
-                f"transfers to queues {c['transfers_queue']}, wrap-ups {c['dispositions']}, errors {c['errors']}{check}")
+                f"transfers to queues {c['transfers_queue']}, wrap-ups {c['dispositions']}, "
+                f"callers found in the directory {c['known_pops']} (offered to their owner first "
+                f"{c['offers_to_owner']}), errors {c['errors']}{check}")
 
 
 class _Agent:
@@ -95,6 +98,7 @@ class _Agent:
         self.state: str | None = None
         self.leg: str | None = None  # the softphone's current call leg
         self.busy = False  # from a screen pop until the wrap-up is recorded
+        self.caller: str | None = None  # the caller of the call popped last, until its wrap-up
         self.accepted: set[str] = set()
         self.changed = asyncio.Event()
 
@@ -128,9 +132,16 @@ class _Agent:
                     self.demo.spawn(self.come_back())
         elif kind == "offer":
             counts["offers"] += 1
+            if any(c.get("owner") == self.id for c in msg.get("customers") or ()):
+                counts["offers_to_owner"] += 1  # the router's first step: the customer's owner
             self.demo.spawn(self.answer_offer(msg["offer_id"]))
         elif kind == "pop":  # the server counted this caller answered (a transfer's pop repeats a caller)
             caller = str(msg.get("call_sid", ""))
+            if msg.get("customers"):
+                self.demo.found_customer(caller)
+            if caller == self.caller:
+                return  # the same call's pop again: the lookup's answer came after the first, or a reconnect
+            self.caller = caller  # now, not in the task: a second pop may come before the task runs
             self.demo.answered(caller)
             self.demo.spawn(self.handle_call(caller))
         elif kind == "transfer_failed":
@@ -258,6 +269,8 @@ class _Agent:
             await self.wrap_up(caller, leg)
         finally:
             self.busy = False
+            if self.caller == caller:
+                self.caller = None
             if self.leg == leg_sid:
                 self.leg = None
 
@@ -309,7 +322,8 @@ class ConferenceDemo:
 
     def __init__(self, *, config: Config, secret: str, emu: TwilioEmulator, base: str, stop: asyncio.Event,
                  calls_per_minute: float = 4.0, speed: float = 1.0, seed: int = 1,
-                 behaviour: ConferenceBehaviour | None = None) -> None:
+                 behaviour: ConferenceBehaviour | None = None, known_callers: tuple[str, ...] = (),
+                 known_share: float = KNOWN_CALLER_SHARE) -> None:
         self.config, self.secret, self.emu, self.base, self.stop = config, secret, emu, base.rstrip("/"), stop
         self.ws_url = self.base.replace("http", "ws", 1) + "/ws"
         self.offer_mode = config.routing.mode == "offer"
@@ -323,6 +337,11 @@ class ConferenceDemo:
         self.numbers = [(q.name, q.numbers[0]) for q in config.queues if q.numbers]
         self.queue_of: dict[str, str] = {}  # caller sid -> the queue it was first offered to
         self.popped: set[str] = set()  # callers answered (first screen pop)
+        self.known_callers = known_callers  # the directory's numbers (simulator/directory.py): half dial from these
+        self.known_share = known_share
+        # its own stream: which number a caller dials leaves the behaviour's draws (talk, hold, ...) as they were
+        self.caller_rng = random.Random(f"{seed}-callers")
+        self.known: set[str] = set()  # callers whose pop named a customer
         self.session: aiohttp.ClientSession | None = None
         self.baseline: dict[str, dict[str, int]] | None = None
 
@@ -352,6 +371,11 @@ class ConferenceDemo:
         self.report.counts["answered"] += 1
         self.report.count(self.queue_of.get(caller, "?"), "answered")
 
+    def found_customer(self, caller: str) -> None:
+        if caller not in self.known:
+            self.known.add(caller)
+            self.report.counts["known_pops"] += 1
+
     def error(self, control: str, caller: str, status: int, body: Any) -> None:
         self.report.counts["errors"] += 1
         log.warning("conference demo: %s of %s answered %s: %s", control, caller, status, body)
@@ -379,7 +403,7 @@ class ConferenceDemo:
 
     async def caller(self) -> None:
         queue, number = self.rng.choice(self.numbers)
-        frm = f"+1555{self.rng.randint(2000000, 9999999)}"
+        frm = caller_number(self.caller_rng, self.known_callers, self.known_share)
         patience = self.rng.uniform(*self.behaviour.patience_s)
         self.report.counts["callers"] += 1
         call = await self.emu.place_call(from_=frm, to=number, url=f"{self.base}/twilio/voice/incoming",

@@ -32,6 +32,14 @@ from simulator.twilio_api import EmuCall, TwilioEmulator
 log = logging.getLogger("callboard.simulator.offers")
 
 DEMO_ACCOUNT_SID = "AC" + "d" * 32
+KNOWN_CALLER_SHARE = 0.5  # of the callers, when the demo knows the directory's numbers
+
+
+def caller_number(rng: random.Random, known_callers: tuple[str, ...], share: float = KNOWN_CALLER_SHARE) -> str:
+    """A caller's From: a customer's number `share` of the time (no draw without any), else a random one."""
+    if known_callers and rng.random() < share:
+        return rng.choice(known_callers)
+    return f"+1555{rng.randint(2000000, 9999999)}"
 
 
 @dataclass(frozen=True)
@@ -55,7 +63,8 @@ class OfferDemoReport:
         c = self.counts
         return (f"offers {c['offers']} (accepted {c['accepted']}, rejected {c['rejected']}, missed {c['missed']}), "
                 f"callers {c['callers']}, bridged {c['bridged']}, hung up waiting {c['gave_up']}, "
-                f"requeued by a silent softphone {c['softphone_failed']}, errors {c['errors']}")
+                f"requeued by a silent softphone {c['softphone_failed']}, callers found in the directory "
+                f"{c['known_pops']} (offered to their owner first {c['offers_to_owner']}), errors {c['errors']}")
 
 
 class _Agent:
@@ -88,7 +97,11 @@ class _Agent:
         kind = msg.get("type")
         if kind == "offer":
             self.demo.report.counts["offers"] += 1
+            if any(c.get("owner") == self.id for c in msg.get("customers") or ()):
+                self.demo.report.counts["offers_to_owner"] += 1  # the router's first step: the customer's owner
             self.demo.spawn(self.answer(msg["offer_id"]))
+        elif kind == "pop":
+            self.demo.pop(msg)
         elif kind == "snapshot":
             self.state = (msg.get("agents", {}).get(self.id) or {}).get("state")
         elif kind == "delta":
@@ -154,7 +167,8 @@ class OfferDemo:
 
     def __init__(self, *, config: Config, secret: str, emu: TwilioEmulator, base: str, stop: asyncio.Event,
                  calls_per_minute: float = 4.0, speed: float = 1.0, seed: int = 1,
-                 behaviour: OfferBehaviour | None = None) -> None:
+                 behaviour: OfferBehaviour | None = None, known_callers: tuple[str, ...] = (),
+                 known_share: float = KNOWN_CALLER_SHARE) -> None:
         self.config, self.secret, self.emu, self.base, self.stop = config, secret, emu, base.rstrip("/"), stop
         self.ws_url = self.base.replace("http", "ws", 1) + "/ws"
         self.calls_per_minute, self.speed = calls_per_minute, speed
@@ -165,13 +179,25 @@ class OfferDemo:
         self.spawn = self.crew.spawn
         self.agents = {a.id: _Agent(self, a.id) for a in config.agents}
         self.numbers = [(q.name, q.numbers[0]) for q in config.queues if q.numbers]
+        self.known_callers = known_callers  # the directory's numbers (simulator/directory.py): half dial from these
+        self.known_share = known_share
+        # its own stream: which number a caller dials leaves the behaviour's draws (talk, hold, ...) as they were
+        self.caller_rng = random.Random(f"{seed}-callers")
+        self.known_pops: set[str] = set()
+
+    def pop(self, msg: dict[str, Any]) -> None:
+        """A screen pop: count the calls whose pop named a customer (the lookup's pop may come a second time)."""
+        sid = str(msg.get("call_sid", ""))
+        if msg.get("customers") and sid not in self.known_pops:
+            self.known_pops.add(sid)
+            self.report.counts["known_pops"] += 1
 
     async def sleep(self, simulated_s: float) -> None:
         await self.crew.sleep(simulated_s / self.speed)
 
     async def caller(self, n: int) -> None:
         queue, number = self.rng.choice(self.numbers)
-        frm = f"+1555{self.rng.randint(2000000, 9999999)}"
+        frm = caller_number(self.caller_rng, self.known_callers, self.known_share)
         self.report.counts["callers"] += 1
         call = await self.emu.place_call(from_=frm, to=number, url=f"{self.base}/twilio/voice/incoming",
                                          status_callback=f"{self.base}/twilio/voice/status")

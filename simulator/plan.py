@@ -12,7 +12,8 @@ reaction (its softphone calls the `agent` route with `queue=`), Twilio dequeues 
 asks `bridge`; when the conversation ends come the agent leg's status callback, the caller's Enqueue action
 (`queue-result`, QueueResult=bridged) and the caller's status callback. A caller whose patience runs out
 first hangs up (QueueResult=hangup). A small seeded share of requests is delivered twice (Twilio retries)
-and of callers' status callbacks overtakes their queue-result.
+and of callers' status callbacks overtakes their queue-result. Callers dial from a pool of random numbers,
+or, a share of them, from `known_callers` (the demo's directory, so screen pops find the customer).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class Behaviour:
     drop_every_s: float = 4 * 3600.0  # mean time between drop-offs (longer than the grace), per agent
     duplicate_rate: float = 0.03  # Twilio retried a request
     out_of_order_rate: float = 0.08  # caller's status callback before its queue-result
+    known_caller_share: float = 0.5  # of arrivals, when SimulationOptions.known_callers names any
 
 
 @dataclass
@@ -71,6 +73,9 @@ class SimulationOptions:
     config: Config
     account_sid: str | None = None  # default: derived from the seed
     behaviour: Behaviour = field(default_factory=Behaviour)
+    # numbers of customers in the server's directory (the demo's: simulator/directory.py): a share of the
+    # callers dial from these, so screen pops find someone; empty: every caller is a random number
+    known_callers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,11 +125,19 @@ def _sid(rng: random.Random, prefix: str) -> str:
 
 def caller_params(account_sid: str, call: CallInfo, status: str) -> dict[str, str]:
     """Twilio's standard voice request parameters of the caller's leg."""
+    country = _country(call.from_number)
     return {
         "AccountSid": account_sid, "ApiVersion": API_VERSION, "CallSid": call.sid, "CallStatus": status,
         "Direction": "inbound", "From": call.from_number, "Caller": call.from_number, "To": call.to_number,
-        "Called": call.to_number, "FromCountry": "US", "CallerCountry": "US", "ToCountry": "US", "CalledCountry": "US",
+        "Called": call.to_number, "FromCountry": country, "CallerCountry": country, "ToCountry": "US",
+        "CalledCountry": "US",
     }
+
+
+def _country(e164: str) -> str:
+    """The caller's country as Twilio names it (ISO 3166 alpha-2) for the demo directory's callers: +81 Japan,
+    +44 the UK; the simulator's own random callers are all +1."""
+    return {"+81": "JP", "+44": "GB"}.get(e164[:3], "US")
 
 
 def agent_leg_params(account_sid: str, app_sid: str, agent_id: str, leg_sid: str, status: str) -> dict[str, str]:
@@ -179,6 +192,7 @@ class Planner:
         self.queue_weights = [weights[q] for q in self.queue_names]
         self.customers = [f"+1{self.rng.choice(AREA_CODES)}{self.rng.randint(200, 999)}{self.rng.randint(0, 9999):04d}"
                           for _ in range(CUSTOMERS)]
+        self.known_callers = list(opts.known_callers)
         # wrap-up ends on the server's clock; allow one sweep for it to notice
         self.wrap_s = (opts.config.center.wrap_up_s + opts.config.server.sweep_every_s + 0.5) * opts.speed
         self.drop_min_s = (opts.config.center.disconnect_grace_s + 5) * opts.speed
@@ -227,8 +241,11 @@ class Planner:
         qname = self.rng.choices(self.queue_names, self.queue_weights)[0]
         queue = self.config.queue(qname)
         assert queue is not None
-        info = CallInfo(_sid(self.rng, "CA"), qname, self.queue_sids[qname], self.rng.choice(self.customers),
-                        self.rng.choice(queue.numbers), self.now)
+        # no draw without known callers: the plans of earlier options stay what they were
+        known = bool(self.known_callers) and self.rng.random() < self.b.known_caller_share
+        caller = self.rng.choice(self.known_callers if known else self.customers)
+        info = CallInfo(_sid(self.rng, "CA"), qname, self.queue_sids[qname], caller, self.rng.choice(queue.numbers),
+                        self.now)
         if self.rng.random() < self.b.instant_hangup_rate:
             patience = self.rng.uniform(1.0, 5.0)
         else:

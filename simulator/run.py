@@ -93,11 +93,14 @@ def _count(text: str) -> int:
 
 
 def options_from_args(args: argparse.Namespace, *, config: Config, secret: str, twilio_auth_token: str,
-                      public_url: str | None = None, url: str | None = None) -> SimulationOptions:
-    """SimulationOptions from the parsed `add_arguments` options; `url` overrides --url (the demo)."""
+                      public_url: str | None = None, url: str | None = None,
+                      known_callers: tuple[str, ...] = ()) -> SimulationOptions:
+    """SimulationOptions from the parsed `add_arguments` options; `url` overrides --url, `known_callers` are the
+    directory's numbers (both: the demo)."""
     return SimulationOptions(url=(url or args.url).rstrip("/"), agents=args.agents, calls_per_minute=args.calls_per_minute,
                              seed=args.seed, duration_s=args.duration, speed=args.speed, secret=secret,
-                             twilio_auth_token=twilio_auth_token, public_url=public_url, config=config)
+                             twilio_auth_token=twilio_auth_token, public_url=public_url, config=config,
+                             known_callers=known_callers)
 
 
 class _Tally:
@@ -110,6 +113,7 @@ class _Tally:
         self.requests: dict[str, int] = {}
         self.duplicates = 0
         self.agents = {k: 0 for k in ("logins", "reloads", "drops", "breaks", "reconnects", "pops", "set_states")}
+        self.known_pops: set[str] = set()  # calls whose screen pop named a customer of the directory
         self.samples: dict[str, list[Any]] = {"webhook_errors": [], "websocket_errors": [], "unexpected_closes": [],
                                               "divergences": []}
         self.counts = {k: 0 for k in self.samples}
@@ -217,6 +221,8 @@ class _AgentClient:
             self.mirror = merge_patch.apply(self.mirror, {k: v for k, v in msg.items() if k != "type"})
         elif kind == "pop":
             self.run.tally.agents["pops"] += 1
+            if msg.get("customers"):  # a call pops twice when its lookup lands after the bridge: a set
+                self.run.tally.known_pops.add(str(msg.get("call_sid")))
             bridged_to = self.run.bridged_to.get(msg.get("call_sid", ""))
             if bridged_to != self.id:
                 self.run.tally.problem("divergences", {"agent": self.id, "pop_for": msg.get("call_sid"),
@@ -498,7 +504,7 @@ class _Run:
             "calls": dict(t.calls), "by_queue": t.by_queue,
             "webhooks": {"requests": dict(t.requests), "duplicates_sent": t.duplicates,
                          "errors": t.counts["webhook_errors"], "error_samples": t.samples["webhook_errors"]},
-            "agents": dict(t.agents) | {"simulated": len(self.agents),
+            "agents": dict(t.agents) | {"simulated": len(self.agents), "pops_with_customer": len(t.known_pops),
                                         "connected": sum(a.ws is not None for a in self.agents.values()),
                                         "expected_connected": sum(a.wanted for a in self.agents.values()),
                                         "final_states": {a.id: a.state for a in self.agents.values()}},
@@ -534,7 +540,7 @@ def format_report(report: dict[str, Any]) -> str:
         f"simulated {report['simulated_s']:.0f} s in {report['elapsed_s']:.0f} s (seed {report['seed']}, speed {report['speed']}x)",
         f"calls: {c['offered']} offered, {c['answered']} answered, {c['abandoned']} abandoned, {c['unstaffed']} unstaffed",
         f"agents: {a['simulated']} simulated, {a['logins']} logins, {a['breaks']} breaks, {a['reloads']} reloads, "
-        f"{a['drops']} drop-offs, {a['pops']} screen pops",
+        f"{a['drops']} drop-offs, {a['pops']} screen pops ({a['pops_with_customer']} with a customer)",
         f"problems: {w['errors']} webhook errors, {report['websocket']['errors']} websocket errors, "
         f"{report['websocket']['unexpected_closes']} unexpected closes, {report['divergences']} divergences",
     ]

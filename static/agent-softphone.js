@@ -229,12 +229,39 @@ async function control(name, body = {}) {
   }
 }
 
+// The console's one Hang up (agent.js's "Take next caller" no longer turns into a second one), by bridge:
+// - conference: the server's hangup control ends the caller's call, so the conference ends for everyone in it
+//   (the caller, this agent, a supervisor listening); leaving with the SDK alone would leave the caller there;
+// - queue: the SDK disconnects this browser's leg, which ends the <Dial><Queue> bridge, as Twilio's own
+//   softphones do. Only a call this browser does not hold (another tab or device) goes through the server.
+// With no caller yet (an outgoing "Take next caller" still waiting), there is only our own leg to end.
 async function hangup() {
-  const answer = await control("hangup");
-  if (answer) notice(t("Call ended."));
-  // our own leg too, in case the server could not reach Twilio
-  if (!answer) sp.sdkCall?.disconnect?.();
+  const conference = sp.settings?.bridge === "conference";
+  const call = sp.sdkCall;
+  if (conference && sp.callSid) {
+    if (await control("hangup")) {
+      notice(t("Call ended."));
+      return;
+    }
+    if (call?.disconnect) {  // the server could not end it (its reason is in the notice): never leave the agent stuck
+      const reason = ui.notice.textContent;
+      call.disconnect();
+      notice(t("The call could not be ended for everyone ({reason}); your softphone left it.", { reason }), "error");
+    }
+    return;
+  }
+  if (call?.disconnect) {
+    call.disconnect();
+    notice(t("Call ended."));
+    return;
+  }
+  if (sp.callSid && (await control("hangup"))) notice(t("Call ended."));
 }
+
+const HANGUP_TITLE = {
+  conference: "End the call for everyone on it: the caller, you, and a supervisor listening.",
+  queue: "Hang up your softphone: the call with the caller ends.",
+};
 
 async function transfer() {
   const value = ui.target.value;
@@ -336,6 +363,8 @@ function render() {
   ui.mute.disabled = !sp.sdkCall;
   ui.keypadToggle.disabled = !sp.sdkCall;
   ui.hangup.disabled = !onCall && !sp.sdkCall;
+  ui.hangup.title = t(HANGUP_TITLE[conference ? "conference" : "queue"]);
+  ui.hangup.dataset.does = conference && onCall ? "server" : sp.sdkCall ? "sdk" : "server";
   const targets = [
     ...Object.keys(sp.agents).filter((id) => id !== sp.me).sort()
       .map((id) => [`agent:${id}`, t("{name} ({state})", { name: sp.agents[id]?.name || id, state: t(sp.agents[id]?.state || "offline") })]),

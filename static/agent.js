@@ -554,23 +554,24 @@ async function setupVoice() {
   }
 }
 
+// While a call is up the button stays "Take next caller", disabled: the one Hang up is the softphone panel's
+// (agent-softphone.js), which ends the call the way the center's bridge needs. This button used to turn into a
+// second "Hang up" that only disconnected the browser's leg, beside the panel's that ended the call for everyone.
 function resetCallButton() {
   voice.call = null;
-  dom.takeNext.textContent = t("Take next caller");
-  dom.takeNext.classList.replace("btn-danger", "btn-primary");
   dom.takeNext.disabled = !voice.ready;
+  dom.takeNext.removeAttribute("title");
+  delete dom.takeNext.dataset.call;
+}
+
+function callButtonBusy() {
+  dom.takeNext.disabled = true;
+  dom.takeNext.dataset.call = "up";
+  dom.takeNext.title = t("On a call: hang up in the softphone panel.");
 }
 
 async function takeNext() {
-  if (voice.call) {
-    try {
-      voice.call.disconnect?.();
-    } finally {
-      resetCallButton();
-    }
-    return;
-  }
-  if (!voice.ready || !voice.device) return;
+  if (voice.call || !voice.ready || !voice.device) return;
   const queue = dom.takeQueue.value || myRecord()?.queues?.[0];
   dom.takeNext.disabled = true;
   voiceNotice(queue ? t("Calling for the next caller in {queue}\u2026", { queue }) : t("Calling for the next caller\u2026"));
@@ -579,9 +580,7 @@ async function takeNext() {
     const call = await voice.device.connect({ params: queue ? { queue } : {} });
     voice.call = call;
     announce("call", { call });
-    dom.takeNext.textContent = t("Hang up");
-    dom.takeNext.classList.replace("btn-primary", "btn-danger");
-    dom.takeNext.disabled = false;
+    callButtonBusy();
     const ended = (text) => () => {
       if (voice.call !== call) return;
       resetCallButton();

@@ -4,10 +4,12 @@ supervisor's links to the reports and customers pages, which stay in sight (no a
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -125,6 +127,17 @@ def test_the_demo_prints_the_kiosk_url_for_the_wall_and_a_supervisor_s_pages(tmp
             assert resp.status == 200
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/reports", timeout=30) as resp:
             assert resp.status == 200
+        # the empty directory of a first demo got the demo's customers (written just after the links)
+        search = urllib.request.Request(f"http://127.0.0.1:{port}/api/customers?q=%E6%9C%A8%E6%9D%91&limit=100",
+                                        headers={"Authorization": f"Bearer {boss}"})  # q=木村: the shared line
+        names: set[str] = set()
+        for _ in range(100):
+            with urllib.request.urlopen(search, timeout=30) as resp:
+                names = {c["name"] for c in json.load(resp)["customers"]}
+            if names:
+                break
+            time.sleep(0.1)
+        assert names == {"木村 拓也", "木村 明美"}, names
     finally:
         proc.terminate()
         try:
@@ -132,8 +145,21 @@ def test_the_demo_prints_the_kiosk_url_for_the_wall_and_a_supervisor_s_pages(tmp
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
-    # those requests are not in the demo's log: an access line per request would bury the links above
-    # (a simulated center makes several a second), and neither are alembic's plugin set-up lines
     logged = log_path.read_text()
     assert "serving on" in logged, logged  # the log is there
+    assert "the customer directory was empty; wrote 19 demo customers" in logged, logged
+    # a seed of its own: a second demo on this data directory (its Redis keeps the calls) must not replay the
+    # first run's CallSids, which the server takes for retries (no screen pops)
+    assert "demo: simulator seed " in logged, logged
+    # those requests are not in the demo's log: an access line per request would bury the links above
+    # (a simulated center makes several a second), and neither are alembic's plugin set-up lines
     assert "aiohttp.access" not in logged and "setup plugin" not in logged, logged
+
+
+def test_each_demo_draws_its_own_simulator_seed_unless_given() -> None:
+    from callboard.cli import _parser
+
+    parser = _parser()
+    assert parser.parse_args(["demo"]).seed is None  # drawn at start-up, and logged
+    assert parser.parse_args(["demo", "--seed", "7"]).seed == 7
+    assert parser.parse_args(["simulate"]).seed == 1  # `callboard simulate` stays reproducible by default

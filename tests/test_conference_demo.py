@@ -12,6 +12,7 @@ import asyncio
 import json
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -19,6 +20,7 @@ from redis.asyncio import Redis
 
 from callboard import keys
 from simulator.conference_demo import ConferenceBehaviour, ConferenceDemo
+from simulator.directory import DEMO_CUSTOMERS, caller_numbers, seed_for_demo
 from tests.conftest import SECRET, make_config, token
 from tests.routing_support import OFFER_ROUTING, OfferCenter, start_center
 
@@ -32,10 +34,20 @@ def conference_config(**extra: Any) -> Any:
     return make_config(center={"bridge": "conference", "conference_region": "jp1", "wrap_up_s": 1}, **extra)
 
 
-async def run_demo(center: OfferCenter, seconds: float, seed: int) -> Any:
+async def seeded_center(aiohttp_server: Any, redis_url: str, redis: Redis, config: Any, data_dir: Path) -> OfferCenter:
+    """A center with the real caller lookup over the demo's directory, seeded as `callboard demo` seeds it."""
+    center = await start_center(aiohttp_server, redis_url, redis, config, directory=True, data_dir=data_dir)
+    services = center.services()
+    assert await seed_for_demo(services.db, services.config, services.clock) == len(DEMO_CUSTOMERS)
+    return center
+
+
+async def run_demo(center: OfferCenter, seconds: float, seed: int, known: tuple[str, ...] = caller_numbers(),
+                   known_share: float = 0.5) -> Any:
     stop = asyncio.Event()
     demo = ConferenceDemo(config=center.services().config, secret=SECRET, emu=center.emu, base=center.base(),
-                          stop=stop, calls_per_minute=40, speed=1.0, seed=seed, behaviour=BUSY)
+                          stop=stop, calls_per_minute=40, speed=1.0, seed=seed, behaviour=BUSY,
+                          known_callers=known, known_share=known_share)
     task = asyncio.create_task(demo.run())
     await asyncio.sleep(seconds)
     stop.set()
@@ -97,14 +109,15 @@ async def until_records(center: OfferCenter, predicate: Any, timeout: float = 20
 
 
 async def test_conference_demo_pull_takes_holds_transfers_and_wraps_up(aiohttp_server: Any, redis_url: str,
-                                                                        redis: Redis) -> None:
-    center = await start_center(aiohttp_server, redis_url, redis, conference_config())
+                                                                        redis: Redis, tmp_path: Path) -> None:
+    center = await seeded_center(aiohttp_server, redis_url, redis, conference_config(), tmp_path)
     try:
         report = await run_demo(center, 14.0, seed=4)
         c = report.counts
         assert c["errors"] == 0, report.line()
         assert c["answered"] >= 4 and c["takes"] >= 4 and c["holds"] >= 2 and c["resumes"] >= 1, report.line()
         assert c["transfers_queue"] + c["transfers_agent"] >= 1 and c["dispositions"] >= 3, report.line()
+        assert c["known_pops"] >= 1, report.line()  # the directory's callers popped with their customer
         await assert_exact_statistics(center, report)
         assert report.statistics == "match"  # the demo's own check, printed when it stops
         kinds = await assert_controls_recorded(center, redis)
@@ -118,16 +131,18 @@ async def test_conference_demo_pull_takes_holds_transfers_and_wraps_up(aiohttp_s
 
 
 async def test_conference_demo_offer_routing_rings_agents_in_as_participants(aiohttp_server: Any, redis_url: str,
-                                                                             redis: Redis) -> None:
+                                                                             redis: Redis, tmp_path: Path) -> None:
     config = conference_config(routing={**OFFER_ROUTING, "offer_timeout_s": 3})
-    center = await start_center(aiohttp_server, redis_url, redis, config)
+    center = await seeded_center(aiohttp_server, redis_url, redis, config, tmp_path)
     try:
-        report = await run_demo(center, 14.0, seed=6)
+        # every caller a customer with an owner: the offers to owners show
+        report = await run_demo(center, 14.0, seed=6, known=caller_numbers(owned=True), known_share=1.0)
         c = report.counts
         assert c["errors"] == 0, report.line()
         assert c["offers"] >= 3 and c["accepted"] >= 2 and c["answered"] >= 2 and c["takes"] == 0, report.line()
         assert c["holds"] >= 1 and c["dispositions"] >= 2, report.line()
         assert c["transfers_queue"] + c["transfers_agent"] >= 1, report.line()
+        assert c["known_pops"] >= 1 and c["offers_to_owner"] >= 1, report.line()  # the owner is offered first
         await assert_exact_statistics(center, report)
         assert report.statistics == "match"
         await assert_controls_recorded(center, redis)

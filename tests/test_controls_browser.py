@@ -246,6 +246,68 @@ async def test_queue_mode_hides_conference_controls_with_a_reason(browser: Any, 
     assert page.errors == []
 
 
+# Every button a person sees labelled "Hang up" (visible, whatever the language's label: the page's own t()).
+JS_HANG_UP_BUTTONS = """() => [...document.querySelectorAll('button')]
+  .filter((b) => b.offsetParent !== null && b.textContent.trim() === (window.t ? window.t('Hang up') : 'Hang up'))
+  .map((b) => b.dataset.testid)"""
+
+
+@pytest.mark.parametrize("bridge", ["conference", "queue"])
+async def test_one_hang_up_on_a_call_and_it_ends_the_call_the_bridge_s_way(
+        browser: Any, make_instance: Any, aiohttp_server: Any, aiohttp_client: Any, redis: Redis, bridge: str) -> None:
+    """The Voice SDK is the stand-in (STAND_IN_SDK): its log says whether the page disconnected the browser's
+    leg; the emulator's REST log whether the server ended the caller's call. "Take next caller" used to turn
+    into a second "Hang up" (SDK disconnect only) beside the panel's (the server's hangup)."""
+    center = {"bridge": "conference", "conference_region": "jp1"} if bridge == "conference" else {}
+    phone = await _voice_phone(make_instance, aiohttp_server, aiohttp_client, redis, **center)
+    page = await _console(browser, phone, "alice")
+    await wait_js(page, "() => document.querySelector('[data-testid=\"my-state\"]')?.textContent === 'Available'")
+    caller = await phone.caller("+15557654321")
+    await wait_js(page, "() => !document.querySelector('[data-testid=\"take-next\"]').disabled")
+    await page.click(tid("take-next"))
+    await wait_js(page, "() => window.__sdk.log.some(e => e[0] === 'connect')")
+    # before a caller is bridged (the browser's call waits on the queue) the panel's Hang up is already the one
+    await wait_js(page, "() => !document.querySelector('[data-testid=\"sp-controls\"]').hidden")
+    assert await page.evaluate(JS_HANG_UP_BUTTONS) == ["sp-hangup"]
+    if bridge == "conference":
+        await phone.take_next("alice")  # Twilio's side of the click: the TwiML App's agent request
+    else:
+        leg = "CA" + "6" * 32
+        status, twiml = await phone.twilio.post("agent", {"CallSid": leg, "From": "client:alice", "queue": "support"})
+        assert status == 200 and "<Queue" in twiml
+        await phone.twilio.post("bridge", {"CallSid": caller, "DequeingCallSid": leg, "QueueTime": "4"},
+                                {"queue": "support", "agent": "alice"})
+    await wait_js(page, JS_TEXT_IS, [tid("pop-from"), "+15557654321"], timeout_s=10)
+    await page.evaluate("() => window.__sdk.calls[0].emit('accept', window.__sdk.calls[0])")
+    await wait_js(page, JS_TEXT_IS, [tid("voice-notice"), "Connected."])
+
+    # on the call: one "Hang up"; "Take next caller" keeps its label, disabled, and says where hanging up is
+    assert await page.evaluate(JS_HANG_UP_BUTTONS) == ["sp-hangup"]
+    take = page.locator(tid("take-next"))
+    assert await take.text_content() == "Take next caller" and await take.is_disabled()
+    assert await take.get_attribute("title") == "On a call: hang up in the softphone panel."
+    hang_up = page.locator(tid("sp-hangup"))
+    await page.click(tid("sp-hangup"))
+    await wait_js(page, JS_TEXT_IS, [tid("sp-notice"), "Call ended."])
+    if bridge == "conference":
+        # the server's hangup: the caller's call completed, so the conference ends for everyone on it; the
+        # browser's leg ends when Twilio ends it, not by the page
+        assert await hang_up.get_attribute("title") == ("End the call for everyone on it: the caller, you, and a "
+                                                         "supervisor listening.")
+        updates = phone.rest("POST", f"/Calls/{caller}.json")  # the first moved the caller into its conference
+        assert updates[-1] == {"Status": "completed"} and len(updates) == 2, updates
+        assert ["disconnect"] not in await sdk_log(page)
+    else:
+        # the browser's SDK call disconnected (ending the <Dial><Queue> bridge); nothing asked of the server
+        # ("Call ended." is set after the disconnect, in the same click, with no request pending)
+        assert await hang_up.get_attribute("title") == "Hang up your softphone: the call with the caller ends."
+        assert ["disconnect"] in await sdk_log(page)
+        assert phone.rest("POST", f"/Calls/{caller}.json") == []
+        await wait_js(page, "() => !document.querySelector('[data-testid=\"take-next\"]').disabled")
+        assert await take.get_attribute("title") is None
+    assert page.errors == []
+
+
 async def test_supervisor_monitors_from_the_wallboard(browser: Any, make_instance: Any, aiohttp_server: Any,
                                                       aiohttp_client: Any, redis: Redis) -> None:
     phone = await _voice_phone(make_instance, aiohttp_server, aiohttp_client, redis, bridge="conference")

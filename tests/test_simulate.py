@@ -22,6 +22,8 @@ from twilio.request_validator import RequestValidator
 from twilio.twiml.voice_response import Dial, VoiceResponse
 
 from callboard.config import Config, demo_config
+from callboard.services import SERVICES
+from simulator.directory import DEMO_CUSTOMERS, caller_numbers, seed_for_demo
 from simulator.run import (
     Behaviour,
     SimulationOptions,
@@ -303,13 +305,18 @@ async def test_a_short_simulation_against_the_real_server_matches_its_counts(mak
     config = make_config(center={"wrap_up_s": 0})  # server timers do not scale with speed: keep agents cycling
     server = await make_instance(config)
     url = f"http://{server.host}:{server.port}"
+    # the demo's directory in the instance's own SQL store, and half the callers dialling from its numbers
+    services = server.app[SERVICES]
+    assert await seed_for_demo(services.db, config, services.clock) == len(DEMO_CUSTOMERS)
     # busy on purpose: short talks so agents cycle, frequent breaks, reloads and drop-offs so all are exercised
     behaviour = Behaviour(talk_median_s=20.0, break_every_s=400.0, reload_every_s=80.0, drop_every_s=400.0,
                           duplicate_rate=0.1, out_of_order_rate=0.2)
     opts = options(config, url=url, agents=None, calls_per_minute=60.0, seed=5, duration_s=12.0, speed=20.0,
-                   behaviour=behaviour)
+                   behaviour=behaviour, known_callers=caller_numbers())
     report = await run_simulation(opts)
     print(format_report(report))
+    # screen pops found the callers the directory knows (a random number finds nobody)
+    assert 0 < report["agents"]["pops_with_customer"] < report["calls"]["answered"], report["agents"]
 
     assert report["webhooks"]["errors"] == 0, report["webhooks"]["error_samples"]
     assert report["websocket"]["errors"] == 0, report["websocket"]["error_samples"]
@@ -382,18 +389,24 @@ async def test_a_plan_the_server_disagrees_with_is_reported_as_divergences(make_
     assert any(d.get("server_state") == "wrap-up" for d in report["divergence_samples"])
 
 
-async def test_offer_demo_runs_offer_mode_through_the_emulator(aiohttp_server: Any, redis_url: str, redis: Any) -> None:
+async def test_offer_demo_runs_offer_mode_through_the_emulator(aiohttp_server: Any, redis_url: str, redis: Any,
+                                                               tmp_path: Path) -> None:
     """`callboard demo --routing offer`'s simulation: agents accept, reject and miss offers; callers get through."""
     from callboard import keys as cb_keys
     from simulator.offer_demo import OfferBehaviour, OfferDemo
     from tests.routing_support import offer_config, start_center
 
-    center = await start_center(aiohttp_server, redis_url, redis, offer_config(offer_timeout_s=2))
+    # the real caller lookup over the demo's directory (seeded as `callboard demo` does)
+    center = await start_center(aiohttp_server, redis_url, redis, offer_config(offer_timeout_s=2), directory=True,
+                                data_dir=tmp_path)
+    services = center.services()
+    assert await seed_for_demo(services.db, services.config, services.clock) == len(DEMO_CUSTOMERS)
     stop = asyncio.Event()
     behaviour = OfferBehaviour(accept_p=0.6, reject_p=0.2, think_s=(0.2, 1.0), talk_s=(1.0, 3.0),
                                patience_s=(30.0, 60.0), back_after_missed_s=(1.0, 2.0))
     demo = OfferDemo(config=center.services().config, secret=SECRET, emu=center.emu, base=center.base(), stop=stop,
-                     calls_per_minute=90, speed=1.0, seed=7, behaviour=behaviour)
+                     calls_per_minute=90, speed=1.0, seed=7, behaviour=behaviour, known_callers=caller_numbers(owned=True),
+                     known_share=1.0)  # every caller a customer with an owner: offers to owners show
     task = asyncio.create_task(demo.run())
     await asyncio.sleep(12)
     stop.set()
@@ -401,6 +414,8 @@ async def test_offer_demo_runs_offer_mode_through_the_emulator(aiohttp_server: A
     c = report.counts
     assert c["callers"] >= 5 and c["offers"] >= 3 and c["accepted"] >= 1 and c["bridged"] >= 1, report.line()
     assert c["errors"] == 0, report.line()
+    # known callers popped with their customer, and the router offered some to the customer's owner first
+    assert c["known_pops"] >= 1 and c["offers_to_owner"] >= 1, report.line()
     facts = [json.loads(f[b"f"]) for _, f in await redis.xrange(cb_keys.facts())]
     results = {f["result"] for f in facts if f["type"] == "offer.ended"}
     assert "accepted" in results

@@ -41,7 +41,7 @@ Object.assign((window.CB_JA = window.CB_JA || {}), {
   "Voice ready.": "音声の準備ができました。",
   "Calling for the next caller in {queue}\u2026": "{queue} の次の発信者を呼び出し中\u2026",
   "Calling for the next caller\u2026": "次の発信者を呼び出し中\u2026",
-  "Hang up": "切断",
+  "On a call: hang up in the softphone panel.": "通話中です。切断はソフトフォン欄で行います。",
   "Connected.": "接続しました。",
   "Call ended.": "通話が終了しました。",
   "Call cancelled.": "通話がキャンセルされました。",

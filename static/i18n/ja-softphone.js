@@ -14,6 +14,11 @@ Object.assign((window.CB_JA = window.CB_JA || {}), {
   "Hold": "保留",
   "Resume": "保留解除",
   "Hang up": "切断",
+  "End the call for everyone on it: the caller, you, and a supervisor listening.":
+    "通話を全員について終了します (お客様、あなた、モニター中のスーパーバイザー)。",
+  "Hang up your softphone: the call with the caller ends.": "ソフトフォンを切断します。お客様との通話が終了します。",
+  "The call could not be ended for everyone ({reason}); your softphone left it.":
+    "通話を全員について終了できませんでした ({reason})。あなたのソフトフォンは通話から抜けました。",
   "Keypad": "キーパッド",
   "Transfer": "転送",
   "Transfer to": "転送先",
