@@ -25,7 +25,7 @@ from tests.conftest import SECRET, make_config, token
 from tests.routing_support import OFFER_ROUTING, OfferCenter, start_center
 
 # Short, busy calls with every control likely, so a run of seconds shows all of them.
-BUSY = ConferenceBehaviour(think_s=(0.2, 0.6), accept_p=0.9, talk_s=(1.5, 3.0), hold_p=0.6, hold_s=(0.5, 1.0),
+BUSY = ConferenceBehaviour(think_s=(0.2, 0.6), accept_p=0.9, talk_s=(1.5, 3.0), hold_p=0.85, hold_s=(0.5, 1.0),
                            transfer_agent_p=0.4, transfer_queue_p=0.4, wrap_s=(0.1, 0.3), patience_s=(15.0, 30.0),
                            back_after_missed_s=(0.5, 1.0))
 
