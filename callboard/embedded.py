@@ -63,8 +63,10 @@ class EmbeddedRedis:
             "--daemonize", "no",
             "--logfile", str(self.data_dir / "redis.log"),
         ]
+        # A process group of its own: Ctrl-C in the terminal reaches callboard alone, which drains through this
+        # Redis and stops it last (in the terminal's group it died first and the drain found no Redis).
         self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                        preexec_fn=_die_with_parent)
+                                        preexec_fn=_die_with_parent, process_group=0)
         deadline = time.monotonic() + timeout_s
         client = redis.Redis(unix_socket_path=str(self.socket_path), socket_connect_timeout=0.5)
         try:

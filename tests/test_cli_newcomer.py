@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -106,7 +107,8 @@ def test_the_demo_prints_the_kiosk_url_for_the_wall_and_a_supervisor_s_pages(tmp
     log_path = tmp_path / "demo.log"
     with log_path.open("w") as log_file:
         proc = subprocess.Popen([sys.executable, "-m", "callboard", "demo", "--port", str(port), "--calls-per-minute", "0"],
-                                cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=log_file, text=True)
+                                cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=log_file, text=True,
+                                start_new_session=True)  # its own process group, as a terminal's foreground job
     try:
         lines: list[str] = []
         assert proc.stdout is not None
@@ -138,15 +140,22 @@ def test_the_demo_prints_the_kiosk_url_for_the_wall_and_a_supervisor_s_pages(tmp
                 break
             time.sleep(0.1)
         assert names == {"木村 拓也", "木村 明美"}, names
+        # the embedded Redis is out of the terminal's process group, so a Ctrl-C does not stop it under the drain
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        servers = [int(c) for c in children if b"redis-server" in Path(f"/proc/{c}/cmdline").read_bytes()]
+        assert servers and all(os.getpgid(pid) != os.getpgid(proc.pid) for pid in servers), servers
     finally:
-        proc.terminate()
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole foreground group
         try:
             proc.wait(30)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
     logged = log_path.read_text()
     assert "serving on" in logged, logged  # the log is there
+    # Ctrl-C reached callboard, not its embedded Redis too: the drain found Redis and nothing was left over
+    assert "could not finish the drain" not in logged and "Redis unavailable" not in logged, logged
+    assert "releasing the lease" in logged, logged
     assert "the customer directory was empty; wrote 19 demo customers" in logged, logged
     # a seed of its own: a second demo on this data directory (its Redis keeps the calls) must not replay the
     # first run's CallSids, which the server takes for retries (no screen pops)
