@@ -26,6 +26,7 @@ from tests.test_controls import (
     _phone,
     bridged,
     conference_config,
+    given_lookup,
     online,
     state_of,
     until,
@@ -76,7 +77,7 @@ async def _ended(phone: Phone) -> list[tuple[str, str]]:
 
 async def test_cold_transfer_is_an_offer_and_keeps_statistics_exact(phone: Phone) -> None:
     caller, leg, socks = await bridged(phone)
-    await phone.redis.set(keys.caller(caller), json.dumps(LOOKUP))  # the directory lookup's result, as input
+    await given_lookup(phone, caller, LOOKUP)  # the directory lookup's result, as input
     socks.update(await online(phone, "bob"))
     phone.clock.advance(30)
     offer = await _offer_to(phone, caller, "bob", socks["bob"])

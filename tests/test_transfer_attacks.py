@@ -30,6 +30,7 @@ from tests.test_controls import (
     _phone,
     bridged,
     conference_config,
+    given_lookup,
     online,
     state_of,
     until,
@@ -422,7 +423,7 @@ async def test_a_target_console_that_never_reads_still_has_its_offer_expire_and_
     # a fat directory match (over 100 KiB): the offer frame alone is more than the stalled socket takes
     lookup = {"withheld": False, "customers": [{"name": f"Customer {n} " + "x" * 3000, "company": "y" * 3000}
                                                for n in range(20)]}  # (an offer shows at most 20)
-    await phone.redis.set(keys.caller(caller), json.dumps(lookup))
+    await given_lookup(phone, caller, lookup)
     writer, sock = await _stalled_console(phone, "bob")
     status, body = await phone.api(caller, "transfer", {"agent": "bob"}, tok=token("alice"))
     assert status == 200, body
