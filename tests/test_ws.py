@@ -12,7 +12,7 @@ from aiohttp import ClientSession
 
 from callboard.auth import issue_token
 from callboard.services import SERVICES
-from tests.conftest import SECRET, connect, token, ws_url
+from tests.conftest import SECRET, WsClient, connect, token, ws_url
 
 
 async def _closed_with(server, first_message: object, *, raw: bool = False) -> tuple[int, list[object]]:  # type: ignore[no-untyped-def]
@@ -40,6 +40,30 @@ async def test_an_agent_connects_sees_itself_available_and_changes_state(make_in
     await alice.wait_for(lambda s: s["queues"]["support"]["agents"]["away"] == 1
                          and s["agents"]["alice"]["state"] == "away")
     assert alice.agent("alice")["reason"] == "lunch"
+    await alice.close()
+
+
+async def test_a_state_set_right_after_the_welcome_waits_for_the_registration(make_instance) -> None:  # type: ignore[no-untyped-def]
+    """A console restoring "away: lunch" as soon as it is welcomed is connected: its change must not be
+    refused as not_connected because the registration's write is still on its way (seen once in CI, where
+    the test above hung). The registration is slowed here (fault injection around the real method)."""
+    server = await make_instance()
+    liveness = server.app[SERVICES].liveness
+    real = liveness.register
+
+    async def slow_register(conn_id: str, agent_id: str) -> str | None:
+        await asyncio.sleep(0.3)
+        return await real(conn_id, agent_id)
+
+    liveness.register = slow_register
+    conn = await websockets.connect(ws_url(server), subprotocols=["callboard.v1.json"], open_timeout=5)
+    alice = WsClient(conn)
+    await alice.send({"type": "hello", "token": token("alice")})
+    alice.welcome = await alice.recv()
+    await alice.send({"type": "set_state", "state": "away", "reason": "lunch"})  # before the registration lands
+    await alice.wait_for(lambda s: s.get("agents", {}).get("alice", {}).get("state") == "away", timeout=10)
+    assert alice.agent("alice")["reason"] == "lunch" and alice.agent("alice")["connections"] == 1
+    assert not [m for m in alice.messages if m.get("type") == "error"], alice.messages
     await alice.close()
 
 

@@ -157,7 +157,15 @@ class Session:
             raise WireError(code, messages.rejection(code)["message"])
         if seq is not None and (type(seq) is not int):  # bool is an int subclass, and no seq
             raise WireError("bad_message", '"seq" must be an integer')
-        self.services.batcher.offer(target, Intent(SET, role, state, reason, None, seq), self._report)
+        intent = Intent(SET, role, state, reason, None, seq)
+        opening = self.conn.opening
+        if opening is not None and not opening.done():
+            # a console that sets its state right after its welcome (restoring "away: lunch" on a reconnect)
+            # is connected: its change waits for the registration, in order, instead of being refused as
+            # "not_connected" because the registration's write had not landed yet
+            opening.add_done_callback(lambda _: self.services.batcher.offer(target, intent, self._report))
+            return
+        self.services.batcher.offer(target, intent, self._report)
 
     def _answer_offer(self, msg: dict[str, Any], *, accept: bool) -> None:
         router = self.services.routing
