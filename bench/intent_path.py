@@ -52,6 +52,7 @@ async def _run(agents: int, burst: int, rounds: int, reps: int, encoding: str) -
         s.services, s.claims = services, SimpleNamespace(role="agent", sub=agent.id)
         s.sub = Subscriber({f"agent:{agent.id}"}, "json", on_slow=lambda: None)
         s.closing, s.bad_in_a_row = False, 0
+        s.conn = SimpleNamespace(opening=None)  # registered: a state change goes straight to the batcher
         sessions.append(s)
     try:  # the collector as the server tunes it (wallboard/runtime.py), where the tree has that
         from wallboard.runtime import GC_THRESHOLDS

@@ -226,6 +226,18 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]], *, rounds: int = 5
     return pending
 
 
+def raise_if_cancel_lost() -> None:
+    """At the top of a loop around Redis commands: end the task if a cancellation was lost (see cancel_and_wait).
+
+    Cancelling again does not reach a child of an asyncio.TaskGroup whose parent is already being cancelled
+    (the group cancels its children once), so such a loop must notice by itself: a lost cancel leaves the
+    task's cancellation count above zero.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 async def _logged(coro: Coroutine[Any, Any, Any], name: str) -> None:
     try:
         await coro

@@ -175,3 +175,28 @@ async def test_a_task_that_loses_a_cancellation_is_cancelled_again() -> None:
     assert await cancel_and_wait([stubborn], rounds=2, wait_s=0.05) == {stubborn}  # returned for the caller to name
     release.set()
     await stubborn
+
+
+async def test_a_group_child_that_lost_its_cancel_ends_at_its_next_turn() -> None:
+    """A TaskGroup cancels its children once: a child whose cancel was lost (redis-py's wait_for on 3.11) is
+    not reached by cancelling the group's task again, so its loop checks raise_if_cancel_lost each turn."""
+    from callboard.services import cancel_and_wait, raise_if_cancel_lost
+
+    async def child() -> None:
+        lost = False
+        while True:
+            raise_if_cancel_lost()
+            try:
+                await asyncio.sleep(0.01)
+            except asyncio.CancelledError:
+                if lost:
+                    raise
+                lost = True  # swallowed, as wait_for does; the task's cancellation count stays above zero
+
+    async def group() -> None:
+        async with asyncio.TaskGroup() as g:
+            g.create_task(child())
+
+    task = asyncio.create_task(group())
+    await asyncio.sleep(0.03)
+    assert not await cancel_and_wait([task], rounds=2, wait_s=1.0) and task.cancelled()

@@ -31,6 +31,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from callboard import keys
+from callboard.services import raise_if_cancel_lost
 from webhooks import lua
 from webhooks.config import Endpoint
 from webhooks.messages import body, message_id, retry_delay_s, signed_headers
@@ -124,6 +125,7 @@ class Outbox:
         pause = 0.5
         try:
             while True:
+                raise_if_cancel_lost()  # redis-py can swallow the group's one cancel (callboard.services)
                 await slots.acquire()
                 try:
                     now_ms = int(time.time() * 1000)
