@@ -390,7 +390,9 @@ async def test_first_agent_gone_the_transfer_still_hands_the_caller_on(phone: Ph
     assert not [f for f in phone.rest("POST", f"/Calls/{caller}.json") if f.get("Status") == "completed"]
 
 
-async def test_an_accepted_transfer_not_connected_in_time_ends_its_ringing_leg(phone: Phone) -> None:
+async def _bob_accepted_and_ringing(phone: Phone) -> tuple[str, dict[str, WsClient], str]:
+    """alice holds a caller, bob accepts her transfer, and his phone rings without answering: (caller, sockets,
+    bob's participant call)."""
     caller, leg, socks = await bridged(phone)
     socks.update(await online(phone, "bob"))
     phone.emu.softphones["bob"] = "wait"
@@ -398,6 +400,11 @@ async def test_an_accepted_transfer_not_connected_in_time_ends_its_ringing_leg(p
     await socks["bob"].send({"type": "accept", "offer_id": offer["offer_id"]})
     assert (await wait_message(socks["bob"], "offer_ended"))["reason"] == "accepted"
     [bobs] = [c.sid for c in phone.emu.calls.values() if c.to.startswith("client:bob")]
+    return caller, socks, bobs
+
+
+async def test_an_accepted_transfer_not_connected_in_time_ends_its_ringing_leg(phone: Phone) -> None:
+    caller, socks, bobs = await _bob_accepted_and_ringing(phone)
     phone.clock.advance(61)  # past connect_timeout_s (60)
     failed = await wait_message(socks["alice"], "transfer_failed")
     assert (failed["to"], failed["reason"]) == ("bob", "connect_timeout")
@@ -411,13 +418,7 @@ async def test_an_accepted_transfer_not_connected_in_time_ends_its_ringing_leg(p
 
 
 async def test_an_accepted_transfer_not_connected_in_time_ends_and_a_late_answer_is_removed(phone: Phone) -> None:
-    caller, leg, socks = await bridged(phone)
-    socks.update(await online(phone, "bob"))
-    phone.emu.softphones["bob"] = "wait"
-    offer = await _offer_to(phone, caller, "bob", socks["bob"])
-    await socks["bob"].send({"type": "accept", "offer_id": offer["offer_id"]})
-    assert (await wait_message(socks["bob"], "offer_ended"))["reason"] == "accepted"
-    [bobs] = [c.sid for c in phone.emu.calls.values() if c.to.startswith("client:bob")]
+    caller, socks, bobs = await _bob_accepted_and_ringing(phone)
     phone.emu.fail_next = [(404, 20404)]  # Twilio refuses the hang-up at the deadline: his phone rings on
     phone.clock.advance(61)  # past connect_timeout_s (60)
     failed = await wait_message(socks["alice"], "transfer_failed")
